@@ -1,0 +1,1 @@
+"""Training loop, measurement, result records, tables and the suite runner."""

@@ -1,0 +1,105 @@
+"""Result records: one typed row per (task, model, seed) run, stored append-only as Parquet.
+
+Each record is its own small Parquet file under ``<results_dir>/records/``, written to a temporary
+name and renamed into place (atomic on POSIX), so a crash or a kill mid-write never damages a record
+already stored, and concurrent writers never touch the same file. ``load_records`` reads them all
+back into one DataFrame, skipping (with a warning) any file that cannot be read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+STATUSES = ("ok", "oom", "diverged", "skipped", "error")  # "skipped: <why>" and "error: <message>" carry a reason
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run's outcome. Units live in the field names; ``None`` means not measured."""
+    task: str
+    model: str
+    seed: int
+    status: str                                # "ok" | "oom" | "diverged" | "skipped: <why>" | "error: <message>"
+    suite: str = ""
+    test_acc: float | None = None              # at the best-validation state, in [0, 1]
+    best_val_acc: float | None = None
+    chance_acc: float | None = None
+    train_samples_per_s: float | None = None   # after warm-up, synchronized; excludes data loading and eval
+    train_tokens_per_s: float | None = None    # real (non-pad) tokens
+    peak_mem_mib: float | None = None
+    peak_mem_kind: str = ""                    # "cuda_max_allocated" | "cpu_rss_growth"
+    wall_s: float | None = None
+    n_params: int | None = None
+    epochs: float | None = None
+    steps: int | None = None
+    final_train_loss: float | None = None
+    kernel_backend: str = ""                   # kernels chosen automatically (S4 family), else "n/a"
+    device: str = ""                           # "cpu" | "cuda"
+    device_name: str = ""
+    torch_version: str = ""
+    git_commit: str = ""
+    config_hash: str = ""
+    config: str = ""                           # resolved config, JSON
+    task_info: str = ""                        # task variant, sizes, vocabulary, data source, JSON
+    timestamp: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+_SCHEMA = pa.schema([
+    pa.field(f.name, {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}[_t])
+    for f in dataclasses.fields(RunRecord)
+    for _t in [f.type.split(" ")[0] if isinstance(f.type, str) else f.type.__name__]
+])
+
+
+def config_hash(config: Any) -> str:
+    """Short stable hash of a JSON-able config (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def records_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "records"
+
+
+def write_record(rec: RunRecord, results_dir: str | Path) -> Path:
+    """Store ``rec`` as its own Parquet file, atomically; returns the path written."""
+    out_dir = records_dir(results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{rec.task}__{rec.model}__seed{rec.seed}__{stamp}__{uuid.uuid4().hex[:8]}.parquet"
+    table = pa.Table.from_pylist([dataclasses.asdict(rec)], schema=_SCHEMA)
+    tmp = out_dir / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as fh:  # the bytes reach the disk before the rename makes them visible
+        os.fsync(fh.fileno())
+    os.replace(tmp, out_dir / name)
+    return out_dir / name
+
+
+def load_records(results_dir: str | Path) -> pd.DataFrame:
+    """All stored records under ``results_dir`` as a DataFrame (one row per record, columns = RunRecord fields)."""
+    frames = []
+    for path in sorted(records_dir(results_dir).glob("*.parquet")):
+        try:
+            frames.append(pq.read_table(path).to_pandas())
+        except (OSError, pa.ArrowException) as exc:
+            warnings.warn(f"skipping unreadable record {path}: {exc}", stacklevel=2)
+    if not frames:
+        return pd.DataFrame(columns=[f.name for f in dataclasses.fields(RunRecord)])
+    return pd.concat(frames, ignore_index=True)

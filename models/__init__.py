@@ -1,0 +1,1 @@
+"""Model registry, the shared backbone and the registered sequence layers."""

@@ -1,0 +1,99 @@
+"""Task registry: a task is a spec plus train/val/test DataLoaders.
+
+Batches are dicts of tensors (B batch, L padded length, D real-valued input width):
+    inputs   (B, L) int64 token ids, or (B, L, D) float32 for real-valued tasks
+    lengths  (B,) int64 number of real (non-pad) positions; padding sits at the end
+    labels   (B,) int64 class ids
+and for dual-input tasks (retrieval) also ``inputs2`` and ``lengths2``.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch.utils.data import DataLoader
+
+__all__ = ["TaskSpec", "Task", "DatasetMissingError", "register_task", "build_task", "list_tasks"]
+
+
+class DatasetMissingError(FileNotFoundError):
+    """A dataset that must be downloaded is not staged; the message names the command that stages it."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    n_classes: int
+    l_max: int
+    chance_acc: float                # accuracy of always guessing, in [0, 1]
+    vocab_size: int | None = None    # token inputs (pad id 0 included)
+    d_input: int | None = None       # real-valued inputs
+    dual_input: bool = False
+    pad_id: int = 0
+    info: dict[str, Any] = field(default_factory=dict)  # variant, sizes, vocabulary, data source: goes into records
+
+    def __post_init__(self) -> None:
+        if (self.vocab_size is None) == (self.d_input is None):
+            raise ValueError(f"task {self.name!r}: give exactly one of vocab_size (tokens) or d_input (real values)")
+
+
+@dataclass
+class Task:
+    spec: TaskSpec
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+
+
+_TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Register a task builder ``fn(data_dir, **kw) -> Task`` under ``name``."""
+    def deco(fn: Callable[..., Task]) -> Callable[..., Task]:
+        if name in _TASKS:
+            raise KeyError(f"task {name!r} is already registered (by {_TASKS[name].__module__})")
+        _TASKS[name] = fn
+        return fn
+    return deco
+
+
+def list_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task_builder(name: str) -> Callable[..., Task]:
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(list_tasks())}")
+    return _TASKS[name]
+
+
+def build_task(name: str, data_dir: str | Path, **kw: Any) -> Task:
+    """Build a registered task.
+
+    Args:
+        name: registered task name, e.g. ``"listops"``.
+        data_dir: root data directory; each task uses its own sub-folder.
+        **kw: the task's options (its config file lists them).
+
+    Raises:
+        KeyError: unknown task name (the message lists the known ones).
+        TypeError: an option the task does not accept (the message lists those it does).
+        DatasetMissingError: a downloadable dataset is not staged.
+    """
+    fn = get_task_builder(name)
+    check_kwargs(fn, kw, what=f"task {name!r}", skip=("data_dir",))
+    return fn(Path(data_dir), **kw)
+
+
+def check_kwargs(fn: Callable, kw: dict, what: str, skip: tuple[str, ...] = ()) -> None:
+    """Raise a TypeError naming the accepted options when ``kw`` has a key ``fn`` does not take."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p in params if p not in skip]
+    bad = sorted(set(kw) - set(accepted))
+    if bad:
+        raise TypeError(f"{what} got unknown option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")
