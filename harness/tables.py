@@ -1,0 +1,222 @@
+"""LRA-style accuracy tables regenerated from stored run records (no model code is imported).
+
+Conventions, in one place:
+- Re-runs: for each (task, model, seed) only the record with the latest ``timestamp`` counts.
+- Our cells: mean ± sample standard deviation (``ddof=1``) of test accuracy in percent over the seeds
+  whose status is "ok"; with one seed the ± part is left out. ``(n)`` after a cell is its seed count,
+  ``(k/n)`` when only k of n seeds finished ok. A cell with no ok seed shows the failure kind(s)
+  ("oom", "diverged", "skipped", "error").
+- Average: mean over the table's tasks of the per-task means; a row missing some tasks (never run, or
+  all seeds failed) is averaged over what it has and marked with a trailing "*".
+- Published rows: copied from ``harness/data/published_lra.csv`` for models whose registry name has
+  published numbers; rows marked unverified there are left out unless ``include_unverified``. A published
+  "fail" counts as 50 % (chance on Path-X) in the published average, as the S4 paper does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from harness.records import load_records
+from harness.reference import published_accuracy, short_source
+
+__all__ = ["latest_runs", "accuracy_long", "accuracy_table", "format_table_markdown", "write_tables"]
+
+TASK_ORDER = ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "scifar", "speech_commands")
+TASK_TITLES = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
+               "pathfinder": "Pathfinder", "pathx": "Path-X", "scifar": "sCIFAR", "speech_commands": "Speech Commands"}
+STD_DDOF = 1          # sample std over seeds: with 3-5 seeds, ddof=0 would understate the spread
+FAIL_AS_PCT = 50.0    # a published "fail" (Path-X) in the published average: chance, the S4 paper's convention
+LONG_COLUMNS = ["model", "task", "n_seeds", "n_runs", "mean_acc_pct", "std_acc_pct", "status", "chance_acc_pct",
+                "published_acc_pct", "published_status", "published_source"]
+_NOTE_PARTIAL = "\\* averaged over the tasks this row has; missing or failed tasks are left out, not counted as chance."
+_NOTE_SOME_FAILED = "(k/n): only k of the n seeds finished ok; the others' statuses are in accuracy.csv."
+_NOTE_FAIL = f"fail: the paper reports no better than chance; counted as {FAIL_AS_PCT:g} in the published average."
+
+
+def latest_runs(records: pd.DataFrame) -> pd.DataFrame:
+    """Keep one record per (task, model, seed): the one with the latest timestamp (file order breaks ties)."""
+    if records.empty:
+        return records.copy()
+    ts = pd.to_datetime(records["timestamp"], utc=True, errors="coerce", format="ISO8601")
+    order = ts.reset_index(drop=True).sort_values(kind="mergesort", na_position="first").index
+    df = records.reset_index(drop=True).iloc[order]
+    return df.drop_duplicates(["task", "model", "seed"], keep="last").sort_index().reset_index(drop=True)
+
+
+def _status_kind(status: str) -> str:
+    return str(status).split(":")[0].strip() or "unknown"
+
+
+def _published(include_unverified: bool) -> pd.DataFrame:
+    pub = published_accuracy(include_unverified)
+    return pub[pub["registry_name"] != ""]
+
+
+def _order(names, preferred) -> list[str]:
+    names = list(dict.fromkeys(names))
+    rank = {n: i for i, n in enumerate(dict.fromkeys(preferred))}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def _select(records: pd.DataFrame, tasks, models) -> tuple[pd.DataFrame, list[str], list[str]]:
+    df = latest_runs(records)
+    tasks = list(tasks) if tasks is not None else _order(df["task"], TASK_ORDER)
+    models = list(models) if models is not None else _order(df["model"], published_accuracy()["registry_name"])
+    df = df[df["task"].isin(tasks) & df["model"].isin(models)]
+    return df, tasks, models
+
+
+def accuracy_long(records: pd.DataFrame, tasks: list[str] | None = None, models: list[str] | None = None,
+                  include_unverified: bool = False) -> pd.DataFrame:
+    """One row per (model, task) that has runs: ok seeds of runs, mean/std accuracy (%), statuses, chance, published."""
+    pub = _published(include_unverified)
+    df, tasks, models = _select(records, tasks, models)
+    chance = (df.groupby("task")["chance_acc"].mean() * 100).to_dict() if not df.empty else {}
+    rows = []
+    for model in models:
+        for task in tasks:
+            runs = df[(df["model"] == model) & (df["task"] == task)]
+            if runs.empty:
+                continue
+            kinds = runs["status"].map(_status_kind)
+            acc = runs.loc[kinds == "ok", "test_acc"].dropna().astype(float) * 100
+            p = pub[(pub["registry_name"] == model) & (pub["task"] == task)].head(1)
+            rows.append({
+                "model": model, "task": task, "n_seeds": len(acc),
+                "mean_acc_pct": acc.mean() if len(acc) else float("nan"),
+                "std_acc_pct": acc.std(ddof=STD_DDOF) if len(acc) > 1 else float("nan"),
+                "status": "/".join(_order(kinds, ["ok"])), "n_runs": len(runs),
+                "chance_acc_pct": chance.get(task, float("nan")),
+                "published_acc_pct": p["acc_pct"].iloc[0] if len(p) else float("nan"),
+                "published_status": p["status"].iloc[0] if len(p) else "",
+                "published_source": p["source"].iloc[0] if len(p) else "",
+            })
+    out = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    return out.astype({"n_seeds": "int64", "n_runs": "int64"})
+
+
+def _fmt_avg(values: list[float], n_expected: int, notes: set[str]) -> str:
+    if not values:
+        return ""
+    if len(values) < n_expected:
+        notes.add(_NOTE_PARTIAL)
+    return f"{sum(values) / len(values):.2f}" + ("*" if len(values) < n_expected else "")
+
+
+def _our_cell(r: pd.Series, notes: set[str]) -> tuple[str, float | None]:
+    if r["n_seeds"] == 0:
+        fails = [k for k in r["status"].split("/") if k != "ok"]
+        return ("/".join(fails) or "n/a"), None
+    cell = f"{r['mean_acc_pct']:.2f}"
+    if r["n_seeds"] > 1:
+        cell += f" ± {r['std_acc_pct']:.2f}"
+    if r["n_seeds"] < r["n_runs"]:
+        notes.add(_NOTE_SOME_FAILED)
+        return cell + f" ({r['n_seeds']}/{r['n_runs']})", r["mean_acc_pct"]
+    return cell + f" ({r['n_seeds']})", r["mean_acc_pct"]
+
+
+def accuracy_table(records: pd.DataFrame, tasks: list[str] | None = None, models: list[str] | None = None,
+                   include_unverified: bool = False) -> pd.DataFrame:
+    """LRA-style table of strings: index = row labels, columns = tasks + "avg".
+
+    Rows: each model (ours), then its published row(s) if any, then a "chance" row. Footnotes that the
+    cells refer to are in ``table.attrs["footnotes"]``.
+
+    Args:
+        records: as returned by ``load_records`` (any number of re-runs).
+        tasks: columns, in order; default: the tasks present, in LRA order.
+        models: rows, in order; default: the models present, baselines first.
+        include_unverified: also show published rows that REFERENCES.md marks unverified.
+    """
+    pub = _published(include_unverified)
+    df, tasks, models = _select(records, tasks, models)
+    long = accuracy_long(records, tasks, models, include_unverified).set_index(["model", "task"])
+    notes: set[str] = set()
+    rows: dict[str, list[str]] = {}
+    for model in models:
+        cells, means = [], []
+        for task in tasks:
+            cell, mean = _our_cell(long.loc[(model, task)], notes) if (model, task) in long.index else ("", None)
+            cells.append(cell)
+            if mean is not None:
+                means.append(mean)
+        rows[model] = cells + [_fmt_avg(means, len(tasks), notes)]
+        mpub = pub[(pub["registry_name"] == model) & pub["task"].isin(tasks)]
+        for name, p in mpub.groupby("model", sort=False):
+            p = p.set_index("task")
+            cells, vals = [], []
+            for task in tasks:
+                if task not in p.index:
+                    cells.append("")
+                elif p.at[task, "status"] == "fail":
+                    cells.append("fail")
+                    vals.append(FAIL_AS_PCT)
+                    notes.add(_NOTE_FAIL)
+                else:
+                    cells.append(f"{p.at[task, 'acc_pct']:.2f}")
+                    vals.append(float(p.at[task, "acc_pct"]))
+            sources = ", ".join(dict.fromkeys(short_source(s) for s in p["source"]))
+            tag = "published" if p["verified"].all() else "published, unverified"
+            rows[f"{name} ({tag}: {sources})"] = cells + [_fmt_avg(vals, len(tasks), notes)]
+    if not df.empty:
+        chance = df.groupby("task")["chance_acc"].mean() * 100
+        vals = [chance[t] for t in tasks if t in chance.index and pd.notna(chance[t])]
+        rows["chance"] = [f"{chance[t]:.2f}" if t in chance.index and pd.notna(chance[t]) else "" for t in tasks]
+        rows["chance"].append(_fmt_avg(vals, len(tasks), notes))
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=tasks + ["avg"])
+    table.index.name = "model"
+    table.attrs["footnotes"] = [n for n in (_NOTE_PARTIAL, _NOTE_SOME_FAILED, _NOTE_FAIL) if n in notes]
+    return table
+
+
+def _unique(df: pd.DataFrame, col: str) -> list[str]:
+    return sorted({str(v) for v in df[col].dropna() if str(v)}) if col in df else []
+
+
+def format_table_markdown(records: pd.DataFrame, tasks: list[str] | None = None, models: list[str] | None = None,
+                          include_unverified: bool = False, title: str = "Test accuracy (%), LRA-style") -> str:
+    """Markdown document: title, what is ours vs published, hardware and commits, the table, footnotes."""
+    lines = [f"# {title}", ""]
+    if records.empty:
+        return "\n".join(lines + ["No run records found.", ""])
+    runs = latest_runs(records)
+    table = accuracy_table(records, tasks, models, include_unverified)
+    lines += [
+        "Our rows: mean ± sample std (ddof=1) of test accuracy at the best-validation checkpoint over seeds "
+        "that finished ok; (n) = number of seeds; a status (oom, diverged, skipped, error) where no seed finished. "
+        "Rows marked \"published\" are the papers' numbers, copied, not re-run here.",
+        "",
+        f"Hardware: {', '.join(_unique(runs, 'device_name')) or 'unknown'}  ",
+        f"Git commit(s): {', '.join(_unique(runs, 'git_commit')) or 'unknown'}  ",
+        f"Runs: {len(runs)} (latest per task, model, seed; {len(records)} records stored)",
+        "",
+        tabulate(table.rename(columns=TASK_TITLES).reset_index(), headers="keys", tablefmt="github",
+                 showindex=False, disable_numparse=True),
+        "",
+    ]
+    if table.attrs["footnotes"]:
+        lines += [f"- {n}" for n in table.attrs["footnotes"]] + [""]
+    return "\n".join(lines)
+
+
+def write_tables(results_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Regenerate ``accuracy.md`` and ``accuracy.csv`` from the records under ``results_dir``.
+
+    Args:
+        results_dir: the folder holding ``records/``.
+        out_dir: where to write; default ``results_dir``.
+
+    Returns:
+        ``{"accuracy_md": path, "accuracy_csv": path}``.
+    """
+    records = load_records(results_dir)
+    out = Path(out_dir) if out_dir is not None else Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"accuracy_md": out / "accuracy.md", "accuracy_csv": out / "accuracy.csv"}
+    paths["accuracy_md"].write_text(format_table_markdown(records), encoding="utf-8")
+    accuracy_long(records).to_csv(paths["accuracy_csv"], index=False, float_format="%.4f")
+    return paths
