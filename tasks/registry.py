@@ -8,12 +8,13 @@ and for dual-input tasks (retrieval) also ``inputs2`` and ``lengths2``.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import DataLoader
+
+from harness.checks import check_kwargs
 
 __all__ = ["TaskSpec", "Task", "DatasetMissingError", "register_task", "build_task", "list_tasks"]
 
@@ -87,13 +88,3 @@ def build_task(name: str, data_dir: str | Path, **kw: Any) -> Task:
     check_kwargs(fn, kw, what=f"task {name!r}", skip=("data_dir",))
     return fn(Path(data_dir), **kw)
 
-
-def check_kwargs(fn: Callable, kw: dict, what: str, skip: tuple[str, ...] = ()) -> None:
-    """Raise a TypeError naming the accepted options when ``kw`` has a key ``fn`` does not take."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [p for p in params if p not in skip]
-    bad = sorted(set(kw) - set(accepted))
-    if bad:
-        raise TypeError(f"{what} got unknown option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")

@@ -1,0 +1,137 @@
+"""The suite runner: tasks x models x seeds, one RunRecord each, whatever happens to any one run.
+
+Per-run configuration is layered, later entries winning:
+    train group (configs/train) < model file's ``train`` < model's ``per_task[<task>]`` < suite's ``model_overrides[<model>]``
+    task file's ``options`` < suite's ``task_overrides[<task>]``
+The command line edits the top-level config, e.g. ``train.max_steps=100`` or ``'models=[lstm]'``.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import traceback
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra import compose
+from hydra.errors import MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+
+import models  # noqa: F401  (registers the layers)
+import tasks  # noqa: F401  (registers the tasks)
+from harness.env import device_name, git_commit, resolve_device
+from harness.records import RunRecord, config_hash, write_record
+from harness.tables import format_table_markdown, write_tables
+from harness.train import TrainConfig, fit
+from models.backbone import build_model
+from models.registry import list_layers
+from tasks.registry import DatasetMissingError, build_task, list_tasks
+
+log = logging.getLogger(__name__)
+
+
+def _compose_group(group: str, name: str, known: list[str]) -> DictConfig:
+    if name not in known:
+        raise KeyError(f"unknown {group} {name!r}; known: {', '.join(known)}")
+    try:
+        return compose(config_name=f"{group}/{name}")[group]
+    except MissingConfigException as exc:
+        raise KeyError(f"{group} {name!r} is registered but has no configs/{group}/{name}.yaml") from exc
+
+
+def _merge(*parts: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.merge(*[OmegaConf.create(p or {}) for p in parts]), resolve=True)
+
+
+def resolve_run_config(cfg: DictConfig, task: str, model: str, seed: int) -> dict:
+    """The fully resolved, JSON-able configuration of one (task, model, seed) run."""
+    task_cfg = _compose_group("task", task, list_tasks())
+    model_cfg = _compose_group("model", model, list_layers())
+    per_task = (model_cfg.get("per_task") or {}).get(task, {})
+    model_res = _merge({k: v for k, v in model_cfg.items() if k != "per_task"}, per_task,
+                       (cfg.get("model_overrides") or {}).get(model, {}))
+    train = _merge(cfg.train, model_res.pop("train", {}), {"seed": seed, "device": cfg.device})
+    bad = sorted(set(train) - {f.name for f in fields(TrainConfig)})
+    if bad:
+        raise TypeError(f"unknown train option(s) {', '.join(map(repr, bad))}; accepted: "
+                        f"{', '.join(f.name for f in fields(TrainConfig))}")
+    return {
+        "suite": cfg.suite_name,
+        "task": {"name": task, "options": _merge(task_cfg.get("options"), (cfg.get("task_overrides") or {}).get(task, {}))},
+        "model": model_res,
+        "train": train,
+        "data_dir": str(cfg.data_dir),
+    }
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in msg or "can't allocate memory" in msg or isinstance(exc, MemoryError))
+
+
+def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
+    """Run one (task, model, seed) and return its record; never raises for a failure of the run itself."""
+    dev_type = "cpu"
+    base = dict(task=task, model=model, seed=seed, suite=str(cfg.suite_name), torch_version=torch.__version__,
+                git_commit=git_commit())
+    run_cfg: dict = {}
+    try:
+        dev_type = resolve_device(cfg.device).type
+        run_cfg = resolve_run_config(cfg, task, model, seed)
+        base.update(config=_json(run_cfg), config_hash=config_hash(run_cfg))
+        t = build_task(task, run_cfg["data_dir"], seed=seed, **run_cfg["task"]["options"])
+        _seed_everything(seed)
+        net = build_model(run_cfg["model"]["name"], t.spec, run_cfg["model"].get("backbone"),
+                          run_cfg["model"].get("hparams"))
+        rec = fit(net, t, TrainConfig(**run_cfg["train"]), model_name=model)
+        backends = sorted({str(m.kernel_backend) for m in net.modules() if hasattr(m, "kernel_backend")})
+        return replace(rec, suite=base["suite"], config=base["config"], config_hash=base["config_hash"],
+                       task_info=_json(t.spec.info), kernel_backend=",".join(backends) or "n/a")
+    except DatasetMissingError as exc:
+        status = f"skipped: {exc}"
+    except Exception as exc:  # one failing run never stops the suite; its row says why
+        if _is_oom(exc):
+            status = "oom"
+        else:
+            status = f"error: {type(exc).__name__}: {exc}"
+            log.error("run %s/%s/seed%d failed:\n%s", task, model, seed, traceback.format_exc())
+        if dev_type == "cuda":
+            torch.cuda.empty_cache()
+    return RunRecord(status=status[:2000], device=dev_type, device_name=device_name(dev_type), **base)
+
+
+def _json(obj: Any) -> str:
+    import json
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
+    """Run every (task, model, seed) of the suite, storing each record as soon as it exists; then write the tables."""
+    results_dir = Path(cfg.results_dir)
+    combos = [(t, m, int(s)) for t in cfg.tasks for m in cfg.models for s in cfg.seeds]
+    log.info("suite %s: %d runs -> %s", cfg.suite_name, len(combos), results_dir)
+    records = []
+    for i, (task, model, seed) in enumerate(combos, 1):
+        log.info("[%d/%d] %s / %s / seed %d", i, len(combos), task, model, seed)
+        rec = run_one(cfg, task, model, seed)
+        path = write_record(rec, results_dir)
+        records.append(rec)
+        log.info("[%d/%d] %s / %s / seed %d: %s%s  (%s)", i, len(combos), task, model, seed, rec.status.splitlines()[0][:300],
+                 f", test acc {rec.test_acc:.4f}, {rec.wall_s:.0f} s" if rec.test_acc is not None else "", path.name)
+    paths = write_tables(results_dir)
+    return records, paths
+
+
+__all__ = ["resolve_run_config", "run_one", "run_suite", "format_table_markdown"]

@@ -1,0 +1,193 @@
+"""The shared backbone every sequence layer plugs into.
+
+    encoder (token embedding, or linear for real-valued inputs) [+ positions]
+    -> n_layers x [norm, layer, dropout, residual] (+ optional [norm, MLP, dropout, residual])
+    -> masked pooling (mean or last) -> classifier
+and, for two-document tasks, a dual head on the pooled pair: [x1, x2, x1 - x2, x1 * x2] -> MLP.
+
+Dimensions: B batch, L length, H d_model, D real-valued input width, C classes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.registry import build_layer
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    d_model: int = 128
+    n_layers: int = 4
+    norm: str = "layer"          # "layer" | "batch" | "none"
+    prenorm: bool = True         # norm before the layer (pre) or after the residual (post)
+    dropout: float = 0.1
+    ff_expand: int = 0           # >0 adds a position-wise MLP block (width ff_expand*H) after each layer
+    pool: str = "mean"           # "mean" | "last"
+    pos_encoding: str = "none"   # "none" | "sinusoidal" | "learned"
+    dual_hidden: int = 0         # width of the retrieval head's MLP (0: d_model)
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over features of (B, L, H) whose statistics use real positions only."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            return self.bn(x.reshape(-1, x.shape[-1])).view_as(x)
+        out = torch.zeros_like(x)
+        out[mask] = self.bn(x[mask])  # (n_real, H)
+        return out
+
+
+class _Norm(nn.Module):
+    def __init__(self, kind: str, d: int):
+        super().__init__()
+        if kind not in ("layer", "batch", "none"):
+            raise ValueError(f"unknown norm {kind!r}; known: layer, batch, none")
+        self.kind = kind
+        self.norm = nn.LayerNorm(d) if kind == "layer" else MaskedBatchNorm(d) if kind == "batch" else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.norm(x, mask) if self.kind == "batch" else self.norm(x)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP, the second sub-block of a Transformer layer."""
+
+    def __init__(self, d: int, expand: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, expand * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(expand * d, d))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x)
+
+
+class ResidualBlock(nn.Module):
+    """[norm, layer, dropout, residual] with pre- or post-norm."""
+
+    def __init__(self, layer: nn.Module, d: int, norm: str, prenorm: bool, dropout: float):
+        super().__init__()
+        self.layer, self.norm, self.prenorm = layer, _Norm(norm, d), prenorm
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        z = self.norm(x, mask) if self.prenorm else x
+        x = x + self.drop(self.layer(z, mask=mask))
+        return x if self.prenorm else self.norm(x, mask)
+
+
+def sinusoidal_positions(l_max: int, d: int) -> torch.Tensor:
+    """(L, H) fixed sin/cos table of "Attention is all you need"."""
+    pos = torch.arange(l_max, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(l_max, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return table
+
+
+class Encoder(nn.Module):
+    """Token embedding (ids, pad id 0) or linear map of real-valued inputs, plus optional positions."""
+
+    def __init__(self, d_model: int, l_max: int, vocab_size: int | None, d_input: int | None, pos_encoding: str):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0) if vocab_size else nn.Linear(d_input, d_model)
+        if pos_encoding == "sinusoidal":
+            self.register_buffer("pos", sinusoidal_positions(l_max, d_model), persistent=False)
+        elif pos_encoding == "learned":
+            self.pos = nn.Parameter(torch.randn(l_max, d_model) * 0.02)
+        elif pos_encoding == "none":
+            self.pos = None
+        else:
+            raise ValueError(f"unknown pos_encoding {pos_encoding!r}; known: none, sinusoidal, learned")
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = self.embed(inputs)  # (B, L, H)
+        if self.pos is not None:
+            if x.shape[1] > self.pos.shape[0]:
+                raise ValueError(f"sequence of length {x.shape[1]} exceeds the positional table's l_max {self.pos.shape[0]}")
+            x = x + self.pos[: x.shape[1]]
+        return x
+
+
+def length_mask(lengths: torch.Tensor, l: int) -> torch.Tensor:
+    """(B, L) bool, True at the first lengths[b] positions."""
+    return torch.arange(l, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, L, H) -> (B, H): mean over real positions, or the last real position."""
+    if how == "mean":
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+    if how == "last":
+        idx = (mask.sum(1) - 1).clamp_min(0)  # (B,)
+        return x[torch.arange(x.shape[0], device=x.device), idx]
+    raise ValueError(f"unknown pool {how!r}; known: mean, last")
+
+
+class SequenceModel(nn.Module):
+    """Encoder -> residual stack of one registered layer type -> pooling -> classifier (or dual head)."""
+
+    def __init__(self, layer: str, n_classes: int, l_max: int, vocab_size: int | None = None,
+                 d_input: int | None = None, dual_input: bool = False,
+                 backbone: BackboneConfig | None = None, layer_kw: dict[str, Any] | None = None):
+        super().__init__()
+        cfg = backbone or BackboneConfig()
+        if cfg.pool not in ("mean", "last"):
+            raise ValueError(f"unknown pool {cfg.pool!r}; known: mean, last")
+        self.cfg, self.layer_name, self.dual_input = cfg, layer, dual_input
+        d = cfg.d_model
+        self.encoder = Encoder(d, l_max, vocab_size, d_input, cfg.pos_encoding)
+        blocks: list[nn.Module] = []
+        for _ in range(cfg.n_layers):
+            blocks.append(ResidualBlock(build_layer(layer, d_model=d, l_max=l_max, **(layer_kw or {})),
+                                        d, cfg.norm, cfg.prenorm, cfg.dropout))
+            if cfg.ff_expand > 0:
+                blocks.append(ResidualBlock(FeedForward(d, cfg.ff_expand, cfg.dropout), d, cfg.norm, cfg.prenorm, cfg.dropout))
+        self.blocks = nn.ModuleList(blocks)
+        self.final_norm = _Norm(cfg.norm if cfg.prenorm else "none", d)
+        if dual_input:
+            hidden = cfg.dual_hidden or d
+            self.head = nn.Sequential(nn.Linear(4 * d, hidden), nn.GELU(), nn.Linear(hidden, n_classes))
+        else:
+            self.head = nn.Linear(d, n_classes)
+
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids or (B, L, D) values -> pooled (B, H)."""
+        mask = length_mask(lengths, inputs.shape[1])
+        x = self.encoder(inputs)
+        for block in self.blocks:
+            x = block(x, mask)
+            x = x * mask.unsqueeze(-1)  # keep padded positions at zero between blocks
+        x = self.final_norm(x, mask)
+        return masked_pool(x, mask, self.cfg.pool)
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                inputs2: torch.Tensor | None = None, lengths2: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, C)."""
+        z = self.encode(inputs, lengths)
+        if not self.dual_input:
+            return self.head(z)
+        if inputs2 is None or lengths2 is None:
+            raise ValueError("a dual-input model needs inputs2 and lengths2")
+        z2 = self.encode(inputs2, lengths2)
+        return self.head(torch.cat([z, z2, z - z2, z * z2], dim=-1))
+
+
+def build_model(layer: str, spec: Any, backbone: dict[str, Any] | None = None, layer_kw: dict[str, Any] | None = None) -> SequenceModel:
+    """A SequenceModel for a task spec (tasks.registry.TaskSpec), with backbone and layer options from config."""
+    fields = BackboneConfig.__dataclass_fields__
+    bad = sorted(set(backbone or {}) - set(fields))
+    if bad:
+        raise TypeError(f"unknown backbone option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(fields)}")
+    return SequenceModel(layer, spec.n_classes, spec.l_max, spec.vocab_size, spec.d_input, spec.dual_input,
+                         BackboneConfig(**(backbone or {})), layer_kw)

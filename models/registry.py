@@ -1,0 +1,52 @@
+"""Layer registry: every sequence layer maps (B, L, H) to (B, L, H) and accepts an optional padding mask.
+
+Contract of a registered layer module:
+    forward(x, mask=None) -> y     x, y: (B, L, H); mask: (B, L) bool, True at real positions
+Padding sits at the end of each sequence; a layer must not let padded positions change real ones
+(causal layers get that for free; attention masks keys; recurrences stop at the length).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from harness.checks import check_kwargs
+
+__all__ = ["register_layer", "build_layer", "list_layers"]
+
+_LAYERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_layer(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a layer factory ``fn(d_model, l_max, **hparams) -> nn.Module`` under ``name``."""
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _LAYERS:
+            raise KeyError(f"layer {name!r} is already registered (by {_LAYERS[name].__module__})")
+        _LAYERS[name] = fn
+        return fn
+    return deco
+
+
+def list_layers() -> list[str]:
+    return sorted(_LAYERS)
+
+
+def build_layer(name: str, d_model: int, l_max: int, **hparams: Any) -> nn.Module:
+    """Build a registered sequence layer.
+
+    Args:
+        name: registered layer name, e.g. ``"transformer"``.
+        d_model: model width H.
+        l_max: longest sequence the layer will see (positional tables, kernel lengths).
+        **hparams: the layer's own hyperparameters (its config file lists them).
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+        TypeError: a hyperparameter the layer does not accept (the message lists those it does).
+    """
+    if name not in _LAYERS:
+        raise KeyError(f"unknown layer {name!r}; known: {', '.join(list_layers())}")
+    fn = _LAYERS[name]
+    check_kwargs(fn, hparams, what=f"layer {name!r}", skip=("d_model", "l_max"))
+    return fn(d_model=d_model, l_max=l_max, **hparams)

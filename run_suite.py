@@ -1,0 +1,42 @@
+"""Run a benchmark suite (tasks x models x seeds) and write records and tables.
+
+    python run_suite.py                                   # the default suite, `quick`
+    python run_suite.py suite=quick 'models=[lstm]' train.max_steps=100
+    python run_suite.py --cfg job                         # print the resolved configuration
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from harness.env import set_offline_defaults
+
+set_offline_defaults()  # before datasets / pykeops are imported
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from harness.suite import run_suite  # noqa: E402
+from harness.tables import format_table_markdown  # noqa: E402
+from harness.records import load_records  # noqa: E402
+
+log = logging.getLogger("run_suite")
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    records, paths = run_suite(cfg)
+    print()
+    print(format_table_markdown(load_records(cfg.results_dir), tasks=list(cfg.tasks), models=list(cfg.models)))
+    print()
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")
+    print(f"records: {cfg.results_dir}/records/ ({len(records)} new)")
+    failed = [r for r in records if r.status.startswith("error")]
+    if failed:
+        print(f"{len(failed)} run(s) failed with errors; see their rows and the log above", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

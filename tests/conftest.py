@@ -1,0 +1,22 @@
+"""Test-wide setup: offline, project-local caches, small thread counts; the `requires_cuda` marker."""
+import os
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU through the interpreter (before any kernel is defined)
+
+from harness.env import set_offline_defaults  # noqa: E402
+
+set_offline_defaults()
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "requires_cuda" in item.keywords:
+            item.add_marker(skip)

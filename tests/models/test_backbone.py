@@ -1,0 +1,75 @@
+"""The shared backbone with every registered layer: shapes, gradients, padding, pooling, heads."""
+import pytest
+import torch
+
+from models.backbone import build_model, length_mask, masked_pool
+from models.registry import list_layers
+from tasks.registry import TaskSpec
+
+TOKENS = TaskSpec("tok", n_classes=10, l_max=64, chance_acc=0.1, vocab_size=20)
+REAL = TaskSpec("real", n_classes=2, l_max=64, chance_acc=0.5, d_input=3)
+DUAL = TaskSpec("dual", n_classes=2, l_max=64, chance_acc=0.5, vocab_size=20, dual_input=True)
+SMALL = {"d_model": 16, "n_layers": 2, "pos_encoding": "sinusoidal", "dropout": 0.0}
+
+
+def _tokens(b=3, l=40, lengths=(40, 25, 7)):
+    lengths = torch.tensor(lengths)
+    x = torch.randint(1, 20, (b, l)) * length_mask(lengths, l)
+    return x, lengths
+
+
+@pytest.mark.parametrize("layer", list_layers())
+@pytest.mark.parametrize("spec", [TOKENS, REAL, DUAL], ids=lambda s: s.name)
+def test_forward_backward(layer, spec):
+    torch.manual_seed(0)
+    model = build_model(layer, spec, SMALL)
+    x, lengths = _tokens()
+    if spec.d_input:
+        x = torch.randn(3, 40, spec.d_input) * length_mask(lengths, 40)[..., None]
+    kw = {"inputs2": x.flip(0), "lengths2": lengths.flip(0)} if spec.dual_input else {}
+    logits = model(x, lengths, **kw)
+    assert logits.shape == (3, spec.n_classes)
+    logits.logsumexp(-1).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("layer", list_layers())
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+@pytest.mark.parametrize("prenorm", [True, False])
+def test_appended_padding_changes_nothing(layer, norm, prenorm):
+    torch.manual_seed(0)
+    model = build_model(layer, TOKENS, {**SMALL, "norm": norm, "prenorm": prenorm}).eval()
+    x, lengths = _tokens()
+    padded = torch.cat([x, torch.zeros(3, 17, dtype=x.dtype)], 1)
+    # float32 attention sums over a different number of (masked) keys: a few ulps of difference
+    torch.testing.assert_close(model(padded, lengths), model(x, lengths), atol=1e-5, rtol=1e-5)
+
+
+def test_masked_pool():
+    x = torch.arange(12.0).view(1, 4, 3).repeat(2, 1, 1)  # (B, L, H)
+    mask = length_mask(torch.tensor([4, 2]), 4)
+    torch.testing.assert_close(masked_pool(x, mask, "mean"), torch.stack([x[0].mean(0), x[1, :2].mean(0)]))
+    torch.testing.assert_close(masked_pool(x, mask, "last"), torch.stack([x[0, 3], x[1, 1]]))
+    with pytest.raises(ValueError, match="unknown pool"):
+        masked_pool(x, mask, "max")
+
+
+def test_bad_backbone_options_are_named():
+    with pytest.raises(TypeError, match=r"unknown backbone option\(s\) 'depth'"):
+        build_model("lstm", TOKENS, {"depth": 3})
+    with pytest.raises(ValueError, match="unknown norm 'rms'"):
+        build_model("lstm", TOKENS, {"norm": "rms"})
+
+
+def test_sequence_longer_than_position_table_is_refused():
+    model = build_model("transformer", TaskSpec("t", 2, 8, 0.5, vocab_size=5), SMALL)
+    with pytest.raises(ValueError, match="exceeds the positional table"):
+        model(torch.ones(1, 9, dtype=torch.long), torch.tensor([9]))
+
+
+def test_dual_model_needs_both_documents():
+    model = build_model("lstm", DUAL, SMALL)
+    x, lengths = _tokens()
+    with pytest.raises(ValueError, match="needs inputs2"):
+        model(x, lengths)
