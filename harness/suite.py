@@ -105,7 +105,8 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
         if _is_oom(exc):
             status = "oom"
         else:
-            status = f"error: {type(exc).__name__}: {exc}"
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+            status = f"error: {type(exc).__name__}: {msg}"
             log.error("run %s/%s/seed%d failed:\n%s", task, model, seed, traceback.format_exc())
         if dev_type == "cuda":
             torch.cuda.empty_cache()
@@ -122,6 +123,10 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     results_dir = Path(cfg.results_dir)
     combos = [(t, m, int(s)) for t in cfg.tasks for m in cfg.models for s in cfg.seeds]
     log.info("suite %s: %d runs -> %s", cfg.suite_name, len(combos), results_dir)
+    for group, names, known in (("task", cfg.tasks, list_tasks()), ("model", cfg.models, list_layers())):
+        for name in names:
+            if name not in known:  # said at once, not only after hours of other runs
+                log.error("unknown %s %r; known: %s. Its runs will be recorded as errors.", group, name, ", ".join(known))
     records = []
     for i, (task, model, seed) in enumerate(combos, 1):
         log.info("[%d/%d] %s / %s / seed %d", i, len(combos), task, model, seed)

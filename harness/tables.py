@@ -11,9 +11,13 @@ Conventions, in one place:
 - Published rows: copied from ``harness/data/published_lra.csv`` for models whose registry name has
   published numbers; rows marked unverified there are left out unless ``include_unverified``. A published
   "fail" counts as 50 % (chance on Path-X) in the published average, as the S4 paper does.
+- Comparability: a task whose runs used a configuration other than the published benchmark's (a record's
+  ``task_info`` says ``"benchmark": false``, e.g. a small generated variant) gets no published numbers in
+  its column ("n/c") and a dagger on its title.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +37,8 @@ LONG_COLUMNS = ["model", "task", "n_seeds", "n_runs", "mean_acc_pct", "std_acc_p
                 "published_acc_pct", "published_status", "published_source"]
 _NOTE_PARTIAL = "\\* averaged over the tasks this row has; missing or failed tasks are left out, not counted as chance."
 _NOTE_SOME_FAILED = "(k/n): only k of the n seeds finished ok; the others' statuses are in accuracy.csv."
+_NOTE_NC = ("†, n/c: these runs did not use the published benchmark's configuration (see each record's task_info); "
+            "published numbers are not comparable and are not shown.")
 _NOTE_FAIL = f"fail: the paper reports no better than chance; counted as {FAIL_AS_PCT:g} in the published average."
 
 
@@ -48,6 +54,18 @@ def latest_runs(records: pd.DataFrame) -> pd.DataFrame:
 
 def _status_kind(status: str) -> str:
     return str(status).split(":")[0].strip() or "unknown"
+
+
+def non_benchmark_tasks(records: pd.DataFrame) -> set[str]:
+    """Tasks with at least one record whose ``task_info`` marks its configuration as not the benchmark's."""
+    out = set()
+    for task, info in zip(records.get("task", []), records.get("task_info", [])):
+        try:
+            if info and json.loads(info).get("benchmark") is False:
+                out.add(task)
+        except (ValueError, AttributeError):
+            continue
+    return out
 
 
 def _published(include_unverified: bool) -> pd.DataFrame:
@@ -75,6 +93,7 @@ def accuracy_long(records: pd.DataFrame, tasks: list[str] | None = None, models:
     pub = _published(include_unverified)
     df, tasks, models = _select(records, tasks, models)
     chance = (df.groupby("task")["chance_acc"].mean() * 100).to_dict() if not df.empty else {}
+    non_bench = non_benchmark_tasks(df)
     rows = []
     for model in models:
         for task in tasks:
@@ -84,14 +103,15 @@ def accuracy_long(records: pd.DataFrame, tasks: list[str] | None = None, models:
             kinds = runs["status"].map(_status_kind)
             acc = runs.loc[kinds == "ok", "test_acc"].dropna().astype(float) * 100
             p = pub[(pub["registry_name"] == model) & (pub["task"] == task)].head(1)
+            comparable = task not in non_bench
             rows.append({
                 "model": model, "task": task, "n_seeds": len(acc),
                 "mean_acc_pct": acc.mean() if len(acc) else float("nan"),
                 "std_acc_pct": acc.std(ddof=STD_DDOF) if len(acc) > 1 else float("nan"),
                 "status": "/".join(_order(kinds, ["ok"])), "n_runs": len(runs),
                 "chance_acc_pct": chance.get(task, float("nan")),
-                "published_acc_pct": p["acc_pct"].iloc[0] if len(p) else float("nan"),
-                "published_status": p["status"].iloc[0] if len(p) else "",
+                "published_acc_pct": p["acc_pct"].iloc[0] if len(p) and comparable else float("nan"),
+                "published_status": (p["status"].iloc[0] if comparable else "not comparable") if len(p) else "",
                 "published_source": p["source"].iloc[0] if len(p) else "",
             })
     out = pd.DataFrame(rows, columns=LONG_COLUMNS)
@@ -135,7 +155,8 @@ def accuracy_table(records: pd.DataFrame, tasks: list[str] | None = None, models
     pub = _published(include_unverified)
     df, tasks, models = _select(records, tasks, models)
     long = accuracy_long(records, tasks, models, include_unverified).set_index(["model", "task"])
-    notes: set[str] = set()
+    non_bench = non_benchmark_tasks(df)
+    notes: set[str] = {_NOTE_NC} if non_bench & set(tasks) else set()
     rows: dict[str, list[str]] = {}
     for model in models:
         cells, means = [], []
@@ -152,6 +173,8 @@ def accuracy_table(records: pd.DataFrame, tasks: list[str] | None = None, models
             for task in tasks:
                 if task not in p.index:
                     cells.append("")
+                elif task in non_bench:
+                    cells.append("n/c")
                 elif p.at[task, "status"] == "fail":
                     cells.append("fail")
                     vals.append(FAIL_AS_PCT)
@@ -169,7 +192,8 @@ def accuracy_table(records: pd.DataFrame, tasks: list[str] | None = None, models
         rows["chance"].append(_fmt_avg(vals, len(tasks), notes))
     table = pd.DataFrame.from_dict(rows, orient="index", columns=tasks + ["avg"])
     table.index.name = "model"
-    table.attrs["footnotes"] = [n for n in (_NOTE_PARTIAL, _NOTE_SOME_FAILED, _NOTE_FAIL) if n in notes]
+    table.attrs["footnotes"] = [n for n in (_NOTE_NC, _NOTE_PARTIAL, _NOTE_SOME_FAILED, _NOTE_FAIL) if n in notes]
+    table.attrs["non_benchmark"] = sorted(non_bench & set(tasks))
     return table
 
 
@@ -194,7 +218,8 @@ def format_table_markdown(records: pd.DataFrame, tasks: list[str] | None = None,
         f"Git commit(s): {', '.join(_unique(runs, 'git_commit')) or 'unknown'}  ",
         f"Runs: {len(runs)} (latest per task, model, seed; {len(records)} records stored)",
         "",
-        tabulate(table.rename(columns=TASK_TITLES).reset_index(), headers="keys", tablefmt="github",
+        tabulate(table.rename(columns={t: TASK_TITLES.get(t, t) + ("†" if t in table.attrs["non_benchmark"] else "")
+                                       for t in table.columns}).reset_index(), headers="keys", tablefmt="github",
                  showindex=False, disable_numparse=True),
         "",
     ]

@@ -113,7 +113,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
         bar.set_postfix(loss=f"{loss_val:.3f}", val_acc=f"{acc:.3f}", best=f"{best_val:.3f}")
 
     bar = tqdm(total=n_steps, desc=f"{task.spec.name}/{model_name or getattr(model, 'layer_name', '?')}",
-               disable=not cfg.progress, leave=False, dynamic_ncols=True)
+               disable=not cfg.progress, leave=False, dynamic_ncols=True, mininterval=1.0)
     with PeakMemory(device) as mem:
         last_epoch_validated = 0
         for epoch, batch in _batches(task.train, n_steps / len(task.train)):

@@ -201,7 +201,9 @@ def listops(data_dir: Path, variant: str = "lra", release_dir: str | None = None
     splits = load_listops_splits(folder, Path(data_dir) / ".hf_cache")
     sets = {split: ListOpsDataset(hf, l_max) for split, hf in splits.items()}
     test_counts = np.bincount(sets["test"].labels, minlength=N_CLASSES)
-    info = {**source, "data_dir": str(folder), "vocab": list(VOCAB),
+    # comparable with published LRA numbers: the release's files, or the LRA generator's own settings, untruncated
+    benchmark = (release_dir is not None or (variant == "lra" and not overrides)) and l_max >= VARIANTS["lra"]["max_length"]
+    info = {**source, "benchmark": benchmark, "data_dir": str(folder), "vocab": list(VOCAB),
             "n_examples": {split: len(ds) for split, ds in sets.items()},
             "n_truncated": {split: ds.n_truncated for split, ds in sets.items()},
             "majority_frac": float(test_counts.max() / max(1, test_counts.sum()))}

@@ -171,3 +171,17 @@ def test_published_efficiency_data():
     s4 = eff[(eff.model == "S4") & (eff.metric == "speed_vs_transformer")].set_index("length")
     assert s4.loc[4096, "value"] == pytest.approx(5.19)
     assert eff["unit"].ne("").all() and eff["source"].ne("").all()
+
+
+def test_non_benchmark_runs_get_no_published_numbers(tmp_path):
+    """A small generated variant is not LRA: its column shows n/c, not the paper's number."""
+    from dataclasses import replace
+    write_record(replace(_rec("listops", "transformer", 0, 0.30), task_info='{"benchmark": false}'), tmp_path)
+    write_record(replace(_rec("text", "transformer", 0, 0.60), task_info='{"benchmark": true}'), tmp_path)
+    table = accuracy_table(load_records(tmp_path))
+    pub = [label for label in table.index if "published" in label][0]
+    assert table.loc[pub, "listops"] == "n/c" and table.loc[pub, "text"] == "64.27"
+    assert table.loc[pub, "avg"] == "64.27*"
+    md = format_table_markdown(load_records(tmp_path))
+    assert "ListOps†" in md and "not comparable" in md
+    assert "Text†" not in md

@@ -256,3 +256,11 @@ def test_missing_release_and_bad_options(tmp_path: Path) -> None:
         build_task("listops", tmp_path, variant="tiny")
     with pytest.raises(ValueError, match="release_dir"):
         build_task("listops", tmp_path, release_dir=str(tmp_path), n_train=10)
+
+
+def test_benchmark_flag_marks_only_the_lra_configuration(tmp_path: Path) -> None:
+    release = _release(tmp_path, SAMPLE.read_text())
+    assert build_task("listops", tmp_path / "d", release_dir=str(release)).spec.info["benchmark"] is True
+    assert build_task("listops", tmp_path / "d", release_dir=str(release), l_max=6).spec.info["benchmark"] is False
+    small = build_task("listops", tmp_path / "d", variant="shallow", progress=False)
+    assert small.spec.info["benchmark"] is False

@@ -1,0 +1,93 @@
+"""run_suite.py end to end: the real Hydra configs, real data generation, records and tables."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from harness.records import load_records
+from harness.suite import run_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["task_overrides.listops.variant=shallow", "train.max_steps=6", "train.epochs=1", "train.progress=false",
+        "+task_overrides.listops.progress=false"]
+
+
+def _cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "run_suite.py", f"results_dir={tmp_path / 'results'}", f"data_dir={tmp_path / 'data'}",
+            f"hydra.run.dir={tmp_path / 'hydra'}", *overrides]
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+
+
+def _suite(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"results_dir={tmp_path / 'results'}", f"data_dir={tmp_path / 'data'}",
+                                           *TINY, *overrides])
+        return run_suite(cfg)
+
+
+def test_cli_runs_suite_and_records_unknown_model_as_error(tmp_path):
+    proc = _cli(tmp_path, *TINY, "models=[transformer,lsmt,lstm]")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # an error row makes the exit code non-zero ...
+    df = load_records(tmp_path / "results").set_index("model")
+    assert df.loc["transformer", "status"] == "ok" and df.loc["lstm", "status"] == "ok"  # ... after the others ran
+    assert df.loc["lsmt", "status"] == "error: KeyError: unknown model 'lsmt'; known: lstm, transformer"
+    assert "unknown model 'lsmt'" in proc.stdout.split("[1/3]")[0]  # reported before the first run starts
+    for model in ("transformer", "lstm"):
+        row = df.loc[model]
+        assert row.steps == 6 and 0 <= row.test_acc <= 1 and row.n_params > 0 and row.train_samples_per_s > 0
+        config = json.loads(row.config)
+        assert config["train"]["max_steps"] == 6 and config["task"]["options"]["variant"] == "shallow"
+        assert config["model"]["name"] == model and len(row.config_hash) == 12
+        assert json.loads(row.task_info)["benchmark"] is False and row.kernel_backend == "n/a"
+    assert "| transformer" in proc.stdout and "wrote accuracy_md" in proc.stdout
+    assert (tmp_path / "results" / "accuracy.md").exists() and (tmp_path / "results" / "accuracy.csv").exists()
+
+
+def test_cli_refuses_a_misspelt_config_key(tmp_path):
+    proc = _cli(tmp_path, "train.max_stepz=3")
+    assert proc.returncode != 0
+    assert "max_stepz" in proc.stderr and "not in struct" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_dataset_is_skipped_with_the_staging_hint(tmp_path):
+    records, _ = _suite(tmp_path, "models=[lstm]", f"+task_overrides.listops.release_dir={tmp_path / 'nowhere'}",
+                        "~task_overrides.listops.variant")
+    (rec,) = records
+    assert rec.status.startswith("skipped: ListOps release files missing") and "lra_release.gz" in rec.status
+    assert load_records(tmp_path / "results").status.tolist() == [rec.status]
+
+
+def test_bad_hyperparameter_and_oom_become_rows(tmp_path):
+    records, _ = _suite(tmp_path, "models=[transformer,lstm]", "+model_overrides.transformer.hparams.heads=3",
+                        # a 2^20-wide LSTM's input weights need 8 TiB: the allocation fails at once
+                        "model_overrides.lstm.backbone.d_model=1048576")
+    status = {r.model: r.status for r in records}
+    assert status["transformer"].startswith("error: TypeError: layer 'transformer' got unknown option(s) 'heads'")
+    assert status["lstm"] == "oom"
+    assert len(load_records(tmp_path / "results")) == 2
+
+
+def test_unknown_train_option_is_named(tmp_path):
+    records, _ = _suite(tmp_path, "models=[lstm]", "+model_overrides.lstm.train.learning_rate=0.1")
+    assert records[0].status.startswith("error: TypeError: unknown train option(s) 'learning_rate'; accepted: epochs")
+
+
+@pytest.mark.parametrize("group", ["model", "task"])
+def test_every_config_file_composes(group):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for path in (ROOT / "configs" / group).glob("*.yaml"):
+            assert compose(config_name=f"{group}/{path.stem}")[group]["name"] == path.stem
+
+
+def test_readme_commands_and_ci_agree():
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```")[0].strip() for b in readme.split("```bash\n")[1:3]]
+    run_cmd, test_cmd = blocks
+    assert "run_suite.py" in run_cmd and "pytest" in test_cmd
+    assert test_cmd in (ROOT / ".ci" / "run").read_text(), ".ci/run must run README's test command verbatim"
