@@ -11,25 +11,20 @@ from typing import Any, Callable
 
 from torch import nn
 
-from harness.checks import check_kwargs
+from harness.registry import Registry
 
 __all__ = ["register_layer", "build_layer", "list_layers"]
 
-_LAYERS: dict[str, Callable[..., nn.Module]] = {}
+_LAYERS: Registry[Callable[..., nn.Module]] = Registry("layer")
 
 
 def register_layer(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a layer factory ``fn(d_model, l_max, **hparams) -> nn.Module`` under ``name``."""
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _LAYERS:
-            raise KeyError(f"layer {name!r} is already registered (by {_LAYERS[name].__module__})")
-        _LAYERS[name] = fn
-        return fn
-    return deco
+    return _LAYERS.register(name)
 
 
 def list_layers() -> list[str]:
-    return sorted(_LAYERS)
+    return _LAYERS.names()
 
 
 def build_layer(name: str, d_model: int, l_max: int, **hparams: Any) -> nn.Module:
@@ -45,8 +40,4 @@ def build_layer(name: str, d_model: int, l_max: int, **hparams: Any) -> nn.Modul
         KeyError: unknown name (the message lists the known ones).
         TypeError: a hyperparameter the layer does not accept (the message lists those it does).
     """
-    if name not in _LAYERS:
-        raise KeyError(f"unknown layer {name!r}; known: {', '.join(list_layers())}")
-    fn = _LAYERS[name]
-    check_kwargs(fn, hparams, what=f"layer {name!r}", skip=("d_model", "l_max"))
-    return fn(d_model=d_model, l_max=l_max, **hparams)
+    return _LAYERS.build(name, {"d_model": d_model, "l_max": l_max}, hparams)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from torch.utils.data import DataLoader
 
-from harness.checks import check_kwargs
+from harness.registry import Registry
 
 __all__ = ["TaskSpec", "Task", "DatasetMissingError", "register_task", "build_task", "list_tasks"]
 
@@ -48,27 +48,16 @@ class Task:
     test: DataLoader
 
 
-_TASKS: dict[str, Callable[..., Task]] = {}
+_TASKS: Registry[Callable[..., Task]] = Registry("task")
 
 
 def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
-    """Register a task builder ``fn(data_dir, **kw) -> Task`` under ``name``."""
-    def deco(fn: Callable[..., Task]) -> Callable[..., Task]:
-        if name in _TASKS:
-            raise KeyError(f"task {name!r} is already registered (by {_TASKS[name].__module__})")
-        _TASKS[name] = fn
-        return fn
-    return deco
+    """Register a task builder ``fn(data_dir, seed, **options) -> Task`` under ``name``."""
+    return _TASKS.register(name)
 
 
 def list_tasks() -> list[str]:
-    return sorted(_TASKS)
-
-
-def get_task_builder(name: str) -> Callable[..., Task]:
-    if name not in _TASKS:
-        raise KeyError(f"unknown task {name!r}; known: {', '.join(list_tasks())}")
-    return _TASKS[name]
+    return _TASKS.names()
 
 
 def build_task(name: str, data_dir: str | Path, **kw: Any) -> Task:
@@ -77,14 +66,11 @@ def build_task(name: str, data_dir: str | Path, **kw: Any) -> Task:
     Args:
         name: registered task name, e.g. ``"listops"``.
         data_dir: root data directory; each task uses its own sub-folder.
-        **kw: the task's options (its config file lists them).
+        **kw: the task's options (its config file lists them), and ``seed`` (shuffling; the runner passes it).
 
     Raises:
         KeyError: unknown task name (the message lists the known ones).
         TypeError: an option the task does not accept (the message lists those it does).
         DatasetMissingError: a downloadable dataset is not staged.
     """
-    fn = get_task_builder(name)
-    check_kwargs(fn, kw, what=f"task {name!r}", skip=("data_dir",))
-    return fn(Path(data_dir), **kw)
-
+    return _TASKS.build(name, {"data_dir": Path(data_dir)}, kw)
