@@ -182,6 +182,8 @@ def accuracy_table(records: pd.DataFrame, tasks: list[str] | None = None, models
                 else:
                     cells.append(f"{p.at[task, 'acc_pct']:.2f}")
                     vals.append(float(p.at[task, "acc_pct"]))
+            if not vals and "fail" not in cells:
+                continue  # nothing comparable to show
             sources = ", ".join(dict.fromkeys(short_source(s) for s in p["source"]))
             tag = "published" if p["verified"].all() else "published, unverified"
             rows[f"{name} ({tag}: {sources})"] = cells + [_fmt_avg(vals, len(tasks), notes)]

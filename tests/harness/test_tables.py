@@ -185,3 +185,6 @@ def test_non_benchmark_runs_get_no_published_numbers(tmp_path):
     md = format_table_markdown(load_records(tmp_path))
     assert "ListOps†" in md and "not comparable" in md
     assert "Text†" not in md
+    only_small = tmp_path / "small"
+    write_record(replace(_rec("listops", "transformer", 0, 0.30), task_info='{"benchmark": false}'), only_small)
+    assert not [label for label in accuracy_table(load_records(only_small)).index if "published" in label]
