@@ -1,0 +1,104 @@
+"""One dispatch for the S4 kernel ops: which backend computes ``cauchy`` and ``vandermonde``.
+
+``auto`` picks, once per (op, device type), and logs the choice:
+    CUDA tensors: Triton if it imports, else KeOps if it passes a real compile-and-run check, else the reference;
+    CPU tensors:  the reference (chunked matmuls on the CPU BLAS). KeOps also runs on a CPU, but there it is
+                  slower than the reference (see benchmarks/kernels.py), so it is used only when asked for.
+An explicitly requested backend that cannot run raises a RuntimeError naming the install command; nothing
+falls back silently. The backend used is what ``last_backend`` reports, and it goes into each RunRecord.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+from models.s4.kernels.reference import cauchy_ref, vandermonde_ref
+
+log = logging.getLogger(__name__)
+BACKENDS = ("ref", "keops", "triton")
+INSTALL_HINT = {
+    "keops": "pip install pykeops (needs a C++ compiler; and the CUDA toolkit for GPU tensors)",
+    "triton": "pip install -e '.[triton]' (Triton runs on CUDA GPUs; on CPU only with TRITON_INTERPRET=1)",
+}
+
+
+@lru_cache(maxsize=None)
+def keops_status() -> str:
+    """'' when KeOps compiles and runs a small Cauchy sum correctly here, else the reason it cannot be used."""
+    try:
+        from models.s4.kernels.keops import keops_self_check
+        return keops_self_check()
+    except Exception as exc:  # any failure to build or run means: not usable
+        return f"{type(exc).__name__}: {exc}"
+
+
+@lru_cache(maxsize=None)
+def triton_status(device_type: str) -> str:
+    """'' when Triton kernels can run on tensors of this device type, else the reason."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton is not installed ({exc})"
+    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "Triton runs CPU tensors only in interpreter mode (TRITON_INTERPRET=1, set before triton is imported)"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device"
+    return ""
+
+
+def _status(backend: str, device_type: str) -> str:
+    if backend == "ref":
+        return ""
+    if backend == "keops":
+        return keops_status()
+    if backend == "triton":
+        return triton_status(device_type)
+    raise ValueError(f"unknown kernel backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
+
+
+@lru_cache(maxsize=None)
+def _auto(device_type: str) -> str:
+    order = ("triton", "keops", "ref") if device_type == "cuda" else ("ref",)
+    for backend in order:
+        reason = _status(backend, device_type)
+        if not reason:
+            log.info("S4 kernels on %s: using the %s backend", device_type, backend)
+            return backend
+        log.info("S4 kernels on %s: %s backend unavailable (%s)", device_type, backend, reason)
+    return "ref"
+
+
+def resolve_backend(requested: str, device: torch.device | str) -> str:
+    """The backend that will run for tensors on ``device``; raises if an explicit request cannot run."""
+    device_type = torch.device(device).type
+    if requested == "auto":
+        return _auto(device_type)
+    reason = _status(requested, device_type)
+    if reason:
+        raise RuntimeError(f"kernel backend {requested!r} is unavailable on {device_type}: {reason}. "
+                           f"Install: {INSTALL_HINT.get(requested, '')}")
+    return requested
+
+
+def _impl(op: str, backend: str) -> Callable:
+    if backend == "ref":
+        return {"cauchy": cauchy_ref, "vandermonde": vandermonde_ref}[op]
+    if backend == "keops":
+        from models.s4.kernels import keops
+        return getattr(keops, f"{op}_keops")
+    from models.s4.kernels import triton_ops
+    return getattr(triton_ops, f"{op}_triton")
+
+
+def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """sum_n v[r, h, n] / (z[l] - w[h, n]): v (R, H, N), z (L,), w (H, N) complex -> (R, H, L)."""
+    return _impl("cauchy", resolve_backend(backend, v.device))(v, z, w)
+
+
+def vandermonde(v: torch.Tensor, x: torch.Tensor, length: int, backend: str = "auto") -> torch.Tensor:
+    """sum_n v[r, h, n] * exp(x[h, n] * l), l < length: v (R, H, N), x (H, N) complex -> (R, H, L)."""
+    return _impl("vandermonde", resolve_backend(backend, v.device))(v, x, length)
