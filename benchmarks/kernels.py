@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
 import sys
 import time
@@ -171,9 +172,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--modes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     p.add_argument("--budget-s", type=float, default=60.0, help="time budget per (backend, op, mode, L) cell")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and KeOps' OpenMP (default: torch's default; KeOps: all cores)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "results" / "kernels")
     args = p.parse_args(argv)
     set_offline_defaults()
+    if args.threads:  # before KeOps' OpenMP runtime is loaded (at its first compiled call)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
     rows = run(args)
     if not rows:
         sys.exit("no backend to benchmark")
