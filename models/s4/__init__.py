@@ -1,0 +1,1 @@
+"""S4 and S4D: HiPPO/NPLR math, SSM kernels, kernel ops with their backends, and the sequence layer."""

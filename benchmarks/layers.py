@@ -1,0 +1,149 @@
+"""Benchmark: one S4 block against one Transformer block, forward + backward time and peak memory vs length.
+
+A block is what the backbone stacks: [norm, layer, dropout, residual] (the Transformer adds its MLP block).
+Each (model, length) runs in a fresh child process, so peak memory is measured from a clean baseline and an
+out-of-memory kill, or a run over the time budget, becomes a row ("oom", "over budget"), not a crash.
+
+    python benchmarks/layers.py                       # B=4, H=256, N=64, L in 1024 4096 16384, on the auto device
+    python benchmarks/layers.py --lengths 1024 4096 --models s4 transformer --repeats 3
+
+Writes results/layers/<device-slug>.csv and .md (with the hardware, torch version, commit and date).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODELS = {
+    # name: (layer, layer hparams, backbone MLP expansion)
+    "s4": ("s4", {"d_state": 64, "bidirectional": True}, 0),
+    "s4d": ("s4d", {"d_state": 64, "bidirectional": True}, 0),
+    "transformer": ("transformer", {"n_heads": 4}, 4),
+    "torch_transformer": (None, {"nhead": 4}, 0),  # nn.TransformerEncoderLayer, for scale
+}
+
+
+def _build(name: str, h: int, length: int):
+    import torch
+    from torch import nn
+
+    import models  # noqa: F401
+    from models.backbone import FeedForward, ResidualBlock
+    from models.registry import build_layer
+
+    layer, kw, ff = MODELS[name]
+    if layer is None:
+        return nn.TransformerEncoderLayer(h, dim_feedforward=4 * h, batch_first=True, dropout=0.0, **kw)
+    blocks = [ResidualBlock(build_layer(layer, d_model=h, l_max=length, **kw), h, "layer", True, 0.0)]
+    if ff:
+        blocks.append(ResidualBlock(FeedForward(h, ff, 0.0), h, "layer", True, 0.0))
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(blocks)
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x, None)
+            return x
+    return Stack()
+
+
+def run_one(name: str, batch: int, h: int, length: int, repeats: int, device: str) -> dict:
+    """Child process: time forward+backward (median of repeats after one warm-up) and peak memory."""
+    import torch
+
+    from harness.env import resolve_device
+    from harness.measure import PeakMemory, synchronize
+
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model = _build(name, h, length).to(dev)
+    x = torch.randn(batch, length, h, device=dev, requires_grad=True)
+
+    def step():
+        model(x).sum().backward()
+
+    times = []
+    with PeakMemory(dev) as mem:
+        step()  # warm-up (kernel selection, allocator)
+        for _ in range(repeats):
+            synchronize(dev)
+            t0 = time.perf_counter()
+            step()
+            synchronize(dev)
+            times.append(time.perf_counter() - t0)
+    backend = ",".join(sorted({str(m.kernel_backend) for m in model.modules() if hasattr(m, "kernel_backend")})) or "n/a"
+    return {"fwd_bwd_s": statistics.median(times), "peak_mem_mib": mem.peak_mib, "mem_kind": mem.kind,
+            "kernel_backend": backend, "n_params": sum(p.numel() for p in model.parameters())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["s4", "s4d", "transformer", "torch_transformer"], choices=list(MODELS))
+    ap.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--budget-s", type=float, default=600.0, help="wall-time limit of one (model, length) run")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "layers")
+    ap.add_argument("--_child", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        print(json.dumps(run_one(args._child[0], args.batch, args.d_model, int(args._child[1]), args.repeats,
+                                 args.device)))
+        return
+
+    import pandas as pd
+    import torch
+
+    from harness.env import device_name, git_commit, resolve_device, set_offline_defaults
+
+    set_offline_defaults()
+    dev = resolve_device(args.device)
+    hw = device_name(dev.type)
+    rows = []
+    for length in args.lengths:
+        for name in args.models:
+            cmd = [sys.executable, __file__, "--_child", name, str(length), "--batch", str(args.batch),
+                   "--d-model", str(args.d_model), "--repeats", str(args.repeats), "--device", args.device]
+            row = {"model": name, "length": length, "batch": args.batch, "d_model": args.d_model}
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.budget_s)
+                if proc.returncode == 0:
+                    row.update(json.loads(proc.stdout.strip().splitlines()[-1]), status="ok")
+                elif proc.returncode in (-9, 137) or "out of memory" in proc.stderr.lower():
+                    row["status"] = "oom"
+                else:
+                    row["status"] = "error: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+            except subprocess.TimeoutExpired:
+                row["status"] = f"over budget (> {args.budget_s:g} s)"
+            rows.append(row)
+            print(f"L={length:6d} {name:18s} {row['status']:10s} "
+                  f"{row.get('fwd_bwd_s', float('nan')):8.3f} s  {row.get('peak_mem_mib', float('nan')):9.1f} MiB",
+                  flush=True)
+    df = pd.DataFrame(rows)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", hw).strip("-").lower()
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out / f"{slug}.csv", index=False)
+    header = (f"# One block, forward + backward (B={args.batch}, H={args.d_model}; S4/S4D N=64 bidirectional; "
+              f"Transformer 4 heads + MLP)\n\nHardware: {hw}  \ntorch {torch.__version__}, commit {git_commit()}, "
+              f"{time.strftime('%Y-%m-%d %H:%M %Z')}  \nPeak memory: {df.get('mem_kind', pd.Series(['']))[0]} "
+              "(CPU: growth of the process RSS over the measured steps; see harness/measure.py)\n\n")
+    (args.out / f"{slug}.md").write_text(header + df.to_markdown(index=False, floatfmt=".3f") + "\n")
+    print(f"wrote {args.out / (slug + '.csv')} and .md")
+
+
+if __name__ == "__main__":
+    main()
