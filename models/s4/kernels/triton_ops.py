@@ -59,6 +59,14 @@ def _entries(zr, zi, wr, wi, mask, KIND: tl.constexpr):
 
 
 @triton.jit
+def _kahan_add(acc, comp, x):
+    """acc + x, with comp carrying the rounding error (Kahan), so a sum over L / BLOCK_L partial dots stays accurate."""
+    y = x - comp
+    total = acc + y
+    return total, (total - acc) - y
+
+
+@triton.jit
 def _forward_kernel(vr_ptr, vi_ptr, zr_ptr, zi_ptr, wr_ptr, wi_ptr, or_ptr, oi_ptr, R, H, N, L,
                     KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_l, h, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -108,6 +116,10 @@ def _backward_kernel(gr_ptr, gi_ptr, vr_ptr, vi_ptr, zr_ptr, zi_ptr, wr_ptr, wi_
         av_i = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
         aw_r = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)  # sum_l g conj(K')
         aw_i = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
+        cv_r = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)  # Kahan compensations of the four sums
+        cv_i = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
+        cw_r = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
+        cw_i = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
         for l0 in range(0, L, BLOCK_L):
             offs_l = l0 + tl.arange(0, BLOCK_L)
             mask_l = offs_l < L
@@ -119,15 +131,16 @@ def _backward_kernel(gr_ptr, gi_ptr, vr_ptr, vi_ptr, zr_ptr, zi_ptr, wr_ptr, wi_
             g_mask = mask_r[:, None] & mask_l[None, :]
             gr = tl.load(gr_ptr + g_off, mask=g_mask, other=0.0)
             gi = tl.load(gi_ptr + g_off, mask=g_mask, other=0.0)
-            # (gr + i gi)(kr - i ki) = (gr kr + gi ki) + i (gi kr - gr ki)
-            av_r = tl.dot(gr, kr, av_r, input_precision="ieee")
-            av_r = tl.dot(gi, ki, av_r, input_precision="ieee")
-            av_i = tl.dot(gi, kr, av_i, input_precision="ieee")
-            av_i = tl.dot(-gr, ki, av_i, input_precision="ieee")
-            aw_r = tl.dot(gr, k2r, aw_r, input_precision="ieee")
-            aw_r = tl.dot(gi, k2i, aw_r, input_precision="ieee")
-            aw_i = tl.dot(gi, k2r, aw_i, input_precision="ieee")
-            aw_i = tl.dot(-gr, k2i, aw_i, input_precision="ieee")
+            # (gr + i gi)(kr - i ki) = (gr kr + gi ki) + i (gi kr - gr ki); each block's partial sum is added with
+            # Kahan compensation: plain fp32 accumulation over L = 4096 drifted to ~4x the reference's error (KeOps).
+            part = tl.dot(gi, ki, tl.dot(gr, kr, input_precision="ieee"), input_precision="ieee")
+            av_r, cv_r = _kahan_add(av_r, cv_r, part)
+            part = tl.dot(-gr, ki, tl.dot(gi, kr, input_precision="ieee"), input_precision="ieee")
+            av_i, cv_i = _kahan_add(av_i, cv_i, part)
+            part = tl.dot(gi, k2i, tl.dot(gr, k2r, input_precision="ieee"), input_precision="ieee")
+            aw_r, cw_r = _kahan_add(aw_r, cw_r, part)
+            part = tl.dot(-gr, k2i, tl.dot(gi, k2r, input_precision="ieee"), input_precision="ieee")
+            aw_i, cw_i = _kahan_add(aw_i, cw_i, part)
         v_off = (offs_r[:, None] * H + h) * N + offs_n[None, :]          # (BLOCK_R, BLOCK_N)
         v_mask = mask_r[:, None] & mask_n[None, :]
         tl.store(gvr_ptr + v_off, av_r, mask=v_mask)
