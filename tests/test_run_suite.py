@@ -31,7 +31,7 @@ def _suite(tmp_path: Path, *overrides: str):
 
 
 def test_cli_runs_suite_and_records_unknown_model_as_error(tmp_path):
-    proc = _cli(tmp_path, *TINY, "models=[transformer,lsmt,lstm]")
+    proc = _cli(tmp_path, *TINY, "tasks=[listops]", "models=[transformer,lsmt,lstm]")
     assert proc.returncode == 1, proc.stderr[-3000:]  # an error row makes the exit code non-zero ...
     df = load_records(tmp_path / "results").set_index("model")
     assert df.loc["transformer", "status"] == "ok" and df.loc["lstm", "status"] == "ok"  # ... after the others ran
@@ -56,7 +56,7 @@ def test_cli_refuses_a_misspelt_config_key(tmp_path):
 
 
 def test_missing_dataset_is_skipped_with_the_staging_hint(tmp_path):
-    records, _ = _suite(tmp_path, "models=[lstm]", f"+task_overrides.listops.release_dir={tmp_path / 'nowhere'}",
+    records, _ = _suite(tmp_path, "tasks=[listops]", "models=[lstm]", f"+task_overrides.listops.release_dir={tmp_path / 'nowhere'}",
                         "~task_overrides.listops.variant")
     (rec,) = records
     assert rec.status.startswith("skipped: ListOps release files missing") and "lra_release.gz" in rec.status
@@ -64,7 +64,7 @@ def test_missing_dataset_is_skipped_with_the_staging_hint(tmp_path):
 
 
 def test_bad_hyperparameter_and_oom_become_rows(tmp_path):
-    records, _ = _suite(tmp_path, "models=[transformer,lstm]", "+model_overrides.transformer.hparams.heads=3",
+    records, _ = _suite(tmp_path, "tasks=[listops]", "models=[transformer,lstm]", "+model_overrides.transformer.hparams.heads=3",
                         # a 2^20-wide LSTM's input weights need 8 TiB: the allocation fails at once
                         "model_overrides.lstm.backbone.d_model=1048576")
     status = {r.model: r.status for r in records}
@@ -74,7 +74,7 @@ def test_bad_hyperparameter_and_oom_become_rows(tmp_path):
 
 
 def test_unknown_train_option_is_named(tmp_path):
-    records, _ = _suite(tmp_path, "models=[lstm]", "+model_overrides.lstm.train.learning_rate=0.1")
+    records, _ = _suite(tmp_path, "tasks=[listops]", "models=[lstm]", "+model_overrides.lstm.train.learning_rate=0.1")
     assert records[0].status.startswith("error: TypeError: unknown train option(s) 'learning_rate'; accepted: epochs")
 
 

@@ -105,7 +105,8 @@ class NPLRKernel(_SSMKernel):
         right = torch.stack([b, p], 0) * dt[:, None]                               # (2, H, N/2): ΔB and ΔP
         v = (left[:, None] * right[None]).reshape(-1, self.h, self.n // 2)         # (2(C+1), H, N/2)
         r = cauchy(_full(v), z, _full(w), backend=backend).view(self.channels + 1, 2, self.h, -1)
-        k00, k01, k10, k11 = r[:-1, 0], r[:-1, 1], r[-1, 0], r[-1, 1]
+        rc, rp = r.split([self.channels, 1])                                       # split: no zero-filled grads
+        (k00, k01), (k10, k11) = rc.unbind(1), rp[0].unbind(0)
         khat = (k00 - k01 * k10 / (1 + k11)) * (2 / (1 + om)).to(torch.complex64)  # Woodbury: (C, H, L/2(+1))
         if nyquist:  # (I + Ā)^{-1} B̄ = Δ B / 2, so k̂(-1) = Δ/2 · C̃ B = Δ Re(Σ_half C̃ B)
             kn = dt * (c * b).sum(-1).real                                         # (C, H)

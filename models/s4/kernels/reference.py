@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-_CHUNK_ELEMS = 1 << 20  # entries of the (h, n, l) matrix built at once: 8 MiB in complex64
+_CHUNK_ELEMS = 1 << 18  # entries of the (h, n, l) matrix built at once: 2 MiB in complex64, about L2-sized
 
 
 def _chunks(h: int, n: int, length: int):
@@ -38,9 +38,9 @@ class _Cauchy(torch.autograd.Function):
     def forward(ctx, v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         r_, h_, n_ = v.shape
         out = v.new_empty(r_, h_, z.shape[0])
-        vt = v.transpose(0, 1)  # (H, R, N)
+        vt = v.transpose(0, 1).contiguous()  # (H, R, N)
         for hs, ls in _chunks(h_, n_, z.shape[0]):
-            cm = torch.reciprocal(z[ls] - w[hs, :, None])         # (h, N, l)
+            cm = (z[ls] - w[hs, :, None]).reciprocal_()           # (h, N, l)
             out[:, hs, ls] = torch.bmm(vt[hs], cm).transpose(0, 1)  # (R, h, l)
         ctx.save_for_backward(v, z, w)
         return out
@@ -53,17 +53,21 @@ class _Cauchy(torch.autograd.Function):
         gv = torch.zeros_like(v).transpose(0, 1) if need_v else None  # (H, R, N)
         gw = torch.zeros_like(w) if need_w else None
         gz = torch.zeros_like(z) if need_z else None
-        vt, gt = v.transpose(0, 1), g.transpose(0, 1)  # (H, R, N), (H, R, L)
+        # conjugates and transposes are taken of the small factors (g, v, results), never of the (h, N, l)
+        # matrix, which is only ever read in place: sum_l g conj(m) = conj(sum_l conj(g) m)
+        vt = v.transpose(0, 1).resolve_conj()            # (H, R, N)
+        gc = g.conj().transpose(0, 1).resolve_conj()     # (H, R, L), conjugated
         for hs, ls in _chunks(h_, n_, z.shape[0]):
-            cm = torch.reciprocal(z[ls] - w[hs, :, None])  # (h, N, l)
+            cm = (z[ls] - w[hs, :, None]).reciprocal_()    # (h, N, l)
+            gcl = gc[hs, :, ls]
             if need_v:
-                gv[hs] += torch.bmm(gt[hs, :, ls], cm.conj().transpose(1, 2))           # (h, R, N)
+                gv[hs] += torch.bmm(cm, gcl.transpose(1, 2)).transpose(1, 2).conj()    # (h, R, N)
             if need_w or need_z:
-                cm2 = (cm * cm).conj()                                                  # conj(d/dw) = conj(1/(z-w)^2)
+                cm.mul_(cm)                                                             # d/dw 1/(z-w) = 1/(z-w)^2
                 if need_w:
-                    gw[hs] += (vt[hs].conj() * torch.bmm(gt[hs, :, ls], cm2.transpose(1, 2))).sum(1)
+                    gw[hs] += (vt[hs] * torch.bmm(cm, gcl.transpose(1, 2)).transpose(1, 2)).sum(1).conj()
                 if need_z:
-                    gz[ls] -= (torch.bmm(vt[hs].conj().transpose(1, 2), gt[hs, :, ls]) * cm2).sum((0, 1))
+                    gz[ls] -= (torch.bmm(vt[hs].transpose(1, 2), gcl) * cm).sum((0, 1)).conj()
         return (gv.transpose(0, 1) if need_v else None), gz, gw
 
 
@@ -73,7 +77,7 @@ class _Vandermonde(torch.autograd.Function):
         r_, h_, n_ = v.shape
         out = v.new_empty(r_, h_, length)
         ell = torch.arange(length, device=v.device, dtype=v.real.dtype)
-        vt = v.transpose(0, 1)
+        vt = v.transpose(0, 1).contiguous()
         for hs, ls in _chunks(h_, n_, length):
             vm = torch.exp(x[hs, :, None] * ell[ls])                  # (h, N, l)
             out[:, hs, ls] = torch.bmm(vt[hs], vm).transpose(0, 1)
@@ -89,13 +93,15 @@ class _Vandermonde(torch.autograd.Function):
         ell = torch.arange(ctx.length, device=v.device, dtype=v.real.dtype)
         gv = torch.zeros_like(v).transpose(0, 1) if need_v else None
         gx = torch.zeros_like(x) if need_x else None
-        vt, gt = v.transpose(0, 1), g.transpose(0, 1)
+        vt = v.transpose(0, 1).resolve_conj()
+        gc = g.conj().transpose(0, 1).resolve_conj()     # conjugated, as in the Cauchy backward
         for hs, ls in _chunks(h_, n_, ctx.length):
-            vm = torch.exp(x[hs, :, None] * ell[ls]).conj()          # (h, N, l), conjugated
+            vm = torch.exp(x[hs, :, None] * ell[ls])                 # (h, N, l)
+            gcl = gc[hs, :, ls]
             if need_v:
-                gv[hs] += torch.bmm(gt[hs, :, ls], vm.transpose(1, 2))
+                gv[hs] += torch.bmm(vm, gcl.transpose(1, 2)).transpose(1, 2).conj()
             if need_x:                                               # d/dx exp(x l) = l exp(x l)
-                gx[hs] += (vt[hs].conj() * torch.bmm(gt[hs, :, ls], (vm * ell[ls]).transpose(1, 2))).sum(1)
+                gx[hs] += (vt[hs] * torch.bmm(vm.mul_(ell[ls]), gcl.transpose(1, 2)).transpose(1, 2)).sum(1).conj()
         return (gv.transpose(0, 1) if need_v else None), gx, None
 
 
