@@ -74,19 +74,17 @@ def run_one(name: str, batch: int, h: int, length: int, repeats: int, device: st
     def step():
         model(x).sum().backward()
 
+    # Memory: the first step of a fresh process, from a state holding only the model and the input (later
+    # steps reuse memory the allocator kept, so their RSS growth says nothing). It is also the warm-up.
+    with PeakMemory(dev) as mem:
+        step()
     times = []
-    step()  # warm-up (kernel selection, allocator)
     for _ in range(repeats):  # timed without the memory sampler running beside it
         synchronize(dev)
         t0 = time.perf_counter()
         step()
         synchronize(dev)
         times.append(time.perf_counter() - t0)
-    x.grad = None
-    for p in model.parameters():
-        p.grad = None
-    with PeakMemory(dev) as mem:  # one more step, from a state holding only the model and the input
-        step()
     backend = ",".join(sorted({str(m.kernel_backend) for m in model.modules() if hasattr(m, "kernel_backend")})) or "n/a"
     return {"fwd_bwd_s": statistics.median(times), "peak_mem_mib": mem.peak_mib, "mem_kind": mem.kind,
             "kernel_backend": backend, "n_params": sum(p.numel() for p in model.parameters())}

@@ -3,14 +3,16 @@ import os
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU through the interpreter (before any kernel is defined)
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # no GPU: Triton kernels run on CPU through its interpreter; set before any
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # kernel is defined. A GPU machine uses the real compiler.
 
 from harness.env import set_offline_defaults  # noqa: E402
 
 set_offline_defaults()
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
