@@ -142,7 +142,7 @@ def main() -> None:
     header = (f"# One block, forward + backward (B={args.batch}, H={args.d_model}; S4/S4D N=64 bidirectional; "
               f"Transformer 4 heads + MLP)\n\nHardware: {hw}  \ntorch {torch.__version__}, commit {git_commit()}, "
               f"{time.strftime('%Y-%m-%d %H:%M %Z')}  \nPeak memory: {df.get('mem_kind', pd.Series(['']))[0]} "
-              "(CPU: growth of the process RSS over the measured steps; see harness/measure.py)\n\n")
+              "(CPU: growth of the process RSS over the first step of a fresh process; see harness/measure.py)\n\n")
     (args.out / f"{slug}.md").write_text(header + df.to_markdown(index=False, floatfmt=".3f") + "\n")
     print(f"wrote {args.out / (slug + '.csv')} and .md")
 
