@@ -35,7 +35,8 @@ def test_cli_runs_suite_and_records_unknown_model_as_error(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]  # an error row makes the exit code non-zero ...
     df = load_records(tmp_path / "results").set_index("model")
     assert df.loc["transformer", "status"] == "ok" and df.loc["lstm", "status"] == "ok"  # ... after the others ran
-    assert df.loc["lsmt", "status"] == "error: KeyError: unknown model 'lsmt'; known: lstm, transformer"
+    from models.registry import list_layers
+    assert df.loc["lsmt", "status"] == f"error: KeyError: unknown model 'lsmt'; known: {', '.join(list_layers())}"
     assert "unknown model 'lsmt'" in proc.stdout.split("[1/3]")[0]  # reported before the first run starts
     for model in ("transformer", "lstm"):
         row = df.loc[model]
