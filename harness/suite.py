@@ -7,6 +7,7 @@ The command line edits the top-level config, e.g. ``train.max_steps=100`` or ``'
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import traceback
@@ -24,7 +25,7 @@ import models  # noqa: F401  (registers the layers)
 import tasks  # noqa: F401  (registers the tasks)
 from harness.env import device_name, git_commit, resolve_device
 from harness.records import RunRecord, config_hash, write_record
-from harness.tables import format_table_markdown, write_tables
+from harness.tables import write_tables
 from harness.train import TrainConfig, fit
 from models.backbone import build_model
 from models.registry import list_layers
@@ -77,8 +78,8 @@ def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     msg = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in msg or "can't allocate memory" in msg or isinstance(exc, MemoryError))
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg))
 
 
 def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
@@ -86,7 +87,6 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
     dev_type = "cpu"
     base = dict(task=task, model=model, seed=seed, suite=str(cfg.suite_name), torch_version=torch.__version__,
                 git_commit=git_commit())
-    run_cfg: dict = {}
     try:
         dev_type = resolve_device(cfg.device).type
         run_cfg = resolve_run_config(cfg, task, model, seed)
@@ -114,7 +114,6 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
 
 
 def _json(obj: Any) -> str:
-    import json
     return json.dumps(obj, sort_keys=True, default=str)
 
 
@@ -139,4 +138,4 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     return records, paths
 
 
-__all__ = ["resolve_run_config", "run_one", "run_suite", "format_table_markdown"]
+__all__ = ["resolve_run_config", "run_one", "run_suite"]

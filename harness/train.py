@@ -6,7 +6,6 @@ state, restored first, so the test set never picks anything.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -39,10 +38,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -103,13 +98,13 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
     opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
     sched = cosine_with_warmup(opt, cfg.warmup_steps, n_steps, cfg.min_lr_ratio)
     timer = StepTimer(device, cfg.measure_warmup_steps)
-    best_val, best_state, status, step, epoch, loss_val = -1.0, None, "ok", 0, 0.0, float("nan")
+    best_val, best_state, status, step, loss_val = -1.0, None, "ok", 0, float("nan")
 
     def validate() -> None:
         nonlocal best_val, best_state
         acc = evaluate(model, task.val, device, cfg.eval_max_batches)
         if acc > best_val:
-            best_val, best_state = acc, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_val, best_state = acc, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{loss_val:.3f}", val_acc=f"{acc:.3f}", best=f"{best_val:.3f}")
 
     bar = tqdm(total=n_steps, desc=f"{task.spec.name}/{model_name or getattr(model, 'layer_name', '?')}",
