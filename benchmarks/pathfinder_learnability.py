@@ -7,7 +7,7 @@ them 80/10/10 as the task does, trains a small CNN (3 stages of two 3x3 convolut
 Chance is 50% (labels are balanced).
 
     python benchmarks/pathfinder_learnability.py                          # 20,000 hard images, 6 minutes
-    python benchmarks/pathfinder_learnability.py --difficulty easy --minutes 3
+    python benchmarks/pathfinder_learnability.py --difficulty easy --minutes 4
 
 Writes results/pathfinder/learnability_<host-slug>.md.
 """
@@ -87,14 +87,15 @@ def main() -> None:
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
             opt.zero_grad()
-            loss_fn(model(xs["train"][idx]), ys["train"][idx]).backward()
+            loss = loss_fn(model(xs["train"][idx]), ys["train"][idx])
+            loss.backward()
             opt.step()
             if time.perf_counter() - t0 > budget:
                 break
         epochs += 1
         val = accuracy(model, xs["val"], ys["val"])
         history.append(val)
-        print(f"epoch {epochs}: val {val:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"epoch {epochs}: loss {loss.item():.3f} val {val:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
         if val > best:
             best, best_state = val, {k: v.clone() for k, v in model.state_dict().items()}
     train_s = time.perf_counter() - t0

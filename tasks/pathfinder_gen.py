@@ -24,9 +24,11 @@ contour (label 0). Growing a contour (L paddle length, m margin, c continuity; p
     dropped too and the next round starts over) (``TARGET_BATCH[size] = (A, B)``); then ``n_distractors``
     contours of ``distractor_length`` paddles, each retried ``max_distractor_retrial`` times and otherwise left
     out, as in snakes2;
-  * strokes are drawn ``antialias_scale`` times finer (Pillow), box-downsampled, normalised to their nominal
-    peak and scaled by their contrast; markers (discs of ``marker_radius``) have intensity 1; the image is
-    divided by its maximum, as ``scipy.misc.imsave``'s byte scaling did, and stored as uint8.
+  * strokes and markers (discs of ``marker_radius``) are drawn ``antialias_scale`` times finer (Pillow) and
+    Lanczos-downsampled, as snakes2's ``scipy.misc.imresize(..., interp='lanczos')`` did, *without* any
+    renormalisation: a stroke half a pixel wide (Pathfinder-32) peaks near 0.5, a marker at 1; strokes are then
+    scaled by their contrast; the image is divided by its maximum, as ``scipy.misc.imsave``'s byte scaling
+    did, and stored as uint8.
 
 Labels alternate (example i has label ``i % 2``), balanced exactly for an even count. Example i is drawn from
 ``np.random.default_rng([data_seed, i])`` alone, so the data do not depend on the number of workers.
@@ -58,8 +60,11 @@ max_distractor_contour_retrial 4, paddle_contrast 1, use_single_paddles False):
 
 (d = distractor length = contour_length // 3; contour length 6 / 9 / 14 for the release's curv_baseline /
 curv_contour_length_9 / curv_contour_length_14.) As in snakes2, target paddles get snake x paddle contrast and
-distractor paddles the snake contrast alone (so at 32 px distractors are drawn brighter than targets, and
-markers dimmer). Our choices where the description leaves room: integer division for the distractor counts
+distractor paddles the snake contrast alone: at 32 px targets peak near 0.5 x 1.5 and distractors near
+0.5 x 2, so markers and distractors come out near 255 and targets near 190; at 128 px (strokes 1.5 px wide,
+peak 1) targets and distractors are at 0.9 of the markers. (Format 2 renormalised strokes to their nominal
+peak, which left the 32 px markers at half the distractors' brightness, lost among the strokes' anti-aliased
+edges: a small CNN stayed at chance on those images; see benchmarks/pathfinder_learnability.py.) Our choices where the description leaves room: integer division for the distractor counts
 (the wrapper's ``35 / d`` under Python 2) and the count follows the chosen contour length; hard footprints
 rasterised at pixel centres instead of thresholds on Lanczos-resized masks; a distractor seed tried on
 ``TAIL_TRIES`` random pixels per orientation; the second target seed may not overlap the first contour and
@@ -79,7 +84,7 @@ __all__ = ["DIFFICULTIES", "FORMAT_VERSION", "TARGET_BATCH", "PathfinderParams",
            "sample_examples", "sample_example", "render_layers", "render"]
 
 DIFFICULTIES = {"easy": 6, "intermediate": 9, "hard": 14}   # contour length (paddles per target contour)
-FORMAT_VERSION = 2                                          # bump when the sampling or drawing changes
+FORMAT_VERSION = 3                                          # bump when the sampling or drawing changes (3: Lanczos, no renormalisation)
 TARGET_BATCH = {32: (16, 8), 128: (16, 16)}                 # per image size: attempts at target 1, 2 per round
 MAX_TARGET_ROUNDS = 400                                     # rounds before giving up
 TAIL_TRIES = 16                                             # pixels tried per distractor seed orientation
@@ -485,9 +490,9 @@ def _draw(p: PathfinderParams, segments: list[np.ndarray], discs: np.ndarray | N
         for c in discs:
             x, y = fine(c)
             draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
-        return np.asarray(canvas.reduce(aa), np.float32) / 255
-    peak = min(1.0, width / aa)  # a stroke narrower than a pixel cannot reach 1 after downsampling
-    return np.minimum(np.asarray(canvas.reduce(aa), np.float32) / (255 * peak), 1.0)
+    # Lanczos, as scipy.misc.imresize(interp='lanczos') did in snakes2; no renormalisation afterwards, so a stroke
+    # narrower than a pixel (Pathfinder-32: half a pixel) stays dim, as it does there
+    return np.asarray(canvas.resize((size, size), Image.Resampling.LANCZOS), np.float32) / 255
 
 
 def render_layers(ex: Example, p: PathfinderParams) -> dict[str, np.ndarray]:
