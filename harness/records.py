@@ -46,6 +46,7 @@ class RunRecord:
     steps: int | None = None
     final_train_loss: float | None = None
     kernel_backend: str = ""                   # kernels chosen automatically (S4 family), else "n/a"
+    comparison: str = ""                       # parameter rule of the recipe: "apples-to-apples" | "free-for-all" | ""
     device: str = ""                           # "cpu" | "cuda"
     device_name: str = ""
     torch_version: str = ""

@@ -55,7 +55,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def recipe_block(recipe: str | None, task: str, model: str) -> dict:
-    """``per_task[task]`` of ``configs/recipes/<recipe>/<model>.yaml`` ({} when the recipe has no file or block for it)."""
+    """The settings of ``configs/recipes/<recipe>/<model>.yaml`` for ``task`` ({} when the recipe has no file for the
+    model). A recipe file has up to four keys, later ones winning:
+
+        base: {model: transformer, take: [task, train]}   # start from those parts of another model's block
+        all_tasks: {...}                                  # then settings shared by every task
+        per_task: {<task>: {...}}                         # then this task's own
+        comparison: apples-to-apples | free-for-all       # the parameter rule (harness/params.py), copied to records
+    """
     if not recipe:
         return {}
     folder = CONFIGS / "recipes" / recipe
@@ -65,7 +72,21 @@ def recipe_block(recipe: str | None, task: str, model: str) -> dict:
     path = folder / f"{model}.yaml"
     if not path.is_file():
         return {}
-    return OmegaConf.to_container(OmegaConf.load(path)).get("per_task", {}).get(task, {})
+    recipe_cfg = OmegaConf.to_container(OmegaConf.load(path))
+    unknown = sorted(set(recipe_cfg) - {"base", "all_tasks", "per_task", "comparison"})
+    if unknown:
+        raise KeyError(f"{path}: unknown key(s) {', '.join(unknown)}; a recipe file has base, all_tasks, per_task, comparison")
+    inherited = {}
+    if recipe_cfg.get("base"):
+        base = recipe_cfg["base"]
+        if base.get("model") == model:
+            raise KeyError(f"{path}: base model is the recipe's own model")
+        inherited = {k: v for k, v in recipe_block(recipe, task, base["model"]).items() if k in base.get("take", [])}
+    block = _merge(inherited, recipe_cfg.get("all_tasks"), recipe_cfg.get("per_task", {}).get(task, {}))
+    block.pop("comparison", None)
+    if "comparison" in recipe_cfg:
+        block["comparison"] = recipe_cfg["comparison"]
+    return block
 
 
 def resolve_run_config(cfg: DictConfig, task: str, model: str, seed: int) -> dict:
@@ -122,7 +143,8 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
         rec = fit(net, t, TrainConfig(**run_cfg["train"]), model_name=model)
         backends = sorted({str(m.kernel_backend) for m in net.modules() if hasattr(m, "kernel_backend")})
         return replace(rec, suite=base["suite"], config=base["config"], config_hash=base["config_hash"],
-                       task_info=_json(t.spec.info), kernel_backend=",".join(backends) or "n/a")
+                       task_info=_json(t.spec.info), kernel_backend=",".join(backends) or "n/a",
+                       comparison=str(run_cfg["model"].get("comparison", "")))
     except DatasetMissingError as exc:
         status = f"skipped: data not found: {exc}"
         log.warning("%s/%s/seed%d skipped: %s", task, model, seed, exc)

@@ -24,6 +24,7 @@ does (split_seed 42 gives S4's 45,000 / 5,000 split); the test split is the 10,0
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import pickle
@@ -289,7 +290,12 @@ def _build(task: str, data_dir: Path, mode: str, source: str, path: str | None, 
     return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])
 
 
-@register_task("image")
+def _shape(task: str, o: dict) -> TaskSpec:
+    mode = "rgb" if task == "scifar" else o["input_mode"]
+    return TaskSpec(name=task, n_classes=N_CLASSES, l_max=L, chance_acc=1.0 / N_CLASSES,
+                    vocab_size=257 if mode == "tokens" else None, d_input=None if mode == "tokens" else (3 if mode == "rgb" else 1))
+
+@register_task("image", shape=functools.partial(_shape, "image"))
 def image(data_dir: Path, input_mode: str = "tokens", source: str = "auto", path: str | None = None,
           split_seed: int = 42, n_train: int | None = None, n_val: int | None = None, n_test: int | None = None,
           batch_size: int = 50, seed: int = 0, num_workers: int = 0, progress: bool = True) -> Task:
@@ -317,7 +323,7 @@ def image(data_dir: Path, input_mode: str = "tokens", source: str = "auto", path
                   num_workers, progress)
 
 
-@register_task("scifar")
+@register_task("scifar", shape=functools.partial(_shape, "scifar"))
 def scifar(data_dir: Path, source: str = "auto", path: str | None = None, split_seed: int = 42,
            n_train: int | None = None, n_val: int | None = None, n_test: int | None = None, batch_size: int = 50,
            seed: int = 0, num_workers: int = 0, progress: bool = True) -> Task:

@@ -28,7 +28,11 @@ class _Sequences(Dataset):
         return {"inputs": self.tokens[i], "label": int(self.tokens[i, 0]) - 1}
 
 
-@register_task("first_token")
+def _shape(o: dict) -> TaskSpec:
+    return TaskSpec(name="first_token", n_classes=o["n_classes"], l_max=o["length"], chance_acc=1.0 / o["n_classes"],
+                    vocab_size=o["n_classes"] + o["n_noise"] + 1)
+
+@register_task("first_token", shape=_shape)
 def first_token(data_dir: Path, length: int = 1024, n_classes: int = 10, n_noise: int = 10, n_train: int = 4000, n_val: int = 500,
                 n_test: int = 500, batch_size: int = 32, seed: int = 0, data_seed: int = 0,
                 num_workers: int = 0) -> Task:

@@ -153,7 +153,10 @@ def _generated_folder(data_dir: Path, variant: str, params: dict[str, int]) -> P
     return data_dir / "listops" / "generated" / name
 
 
-@register_task("listops")
+def _shape(o: dict) -> TaskSpec:
+    return TaskSpec(name="listops", n_classes=N_CLASSES, l_max=o["l_max"], chance_acc=1.0 / N_CLASSES, vocab_size=len(VOCAB))
+
+@register_task("listops", shape=_shape)
 def listops(data_dir: Path, variant: str = "lra", release_dir: str | None = None, l_max: int = 2048,
             batch_size: int = 32, seed: int = 0, num_workers: int = 0, data_seed: int = 0,
             n_train: int | None = None, n_val: int | None = None, n_test: int | None = None,

@@ -8,15 +8,16 @@ and for dual-input tasks (retrieval) also ``inputs2`` and ``lengths2``.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import DataLoader
 
-from harness.registry import Registry
+from harness.registry import Registry, check_kwargs
 
-__all__ = ["TaskSpec", "Task", "DatasetMissingError", "register_task", "build_task", "list_tasks"]
+__all__ = ["TaskSpec", "Task", "DatasetMissingError", "register_task", "build_task", "list_tasks", "task_spec"]
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -51,9 +52,37 @@ class Task:
 _TASKS: Registry[Callable[..., Task]] = Registry("task")
 
 
-def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
-    """Register a task builder ``fn(data_dir, seed, **options) -> Task`` under ``name``."""
+_SHAPES: dict[str, Callable[[dict[str, Any]], TaskSpec]] = {}
+
+
+def register_task(name: str, shape: Callable[[dict[str, Any]], TaskSpec] | None = None
+                  ) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Register a task builder ``fn(data_dir, seed, **options) -> Task`` under ``name``.
+
+    ``shape(options) -> TaskSpec`` gives the spec's shape fields (classes, length, vocabulary or input width, dual
+    input, chance) from the builder's options with their defaults filled in, without touching any data; it serves
+    parameter counts and model checks for tasks whose data are not staged (``task_spec``)."""
+    if shape is not None:
+        _SHAPES[name] = shape
     return _TASKS.register(name)
+
+
+def task_spec(name: str, **options: Any) -> TaskSpec:
+    """The shape of task ``name`` under ``options`` (as in its config file), without loading its data.
+
+    ``info`` is empty: the data-dependent facts (sizes, sources) come only from ``build_task``.
+
+    Raises:
+        KeyError: unknown task, or a task registered without a shape function.
+        TypeError: an option the task does not accept.
+    """
+    fn = _TASKS.get(name)
+    check_kwargs(fn, options, what=f"task {name!r}", skip=("data_dir", "seed"))
+    if name not in _SHAPES:
+        raise KeyError(f"task {name!r} has no shape function (register_task(..., shape=...))")
+    bound = inspect.signature(fn).bind_partial(**options)
+    bound.apply_defaults()
+    return _SHAPES[name](dict(bound.arguments))
 
 
 def list_tasks() -> list[str]:

@@ -161,7 +161,10 @@ def _tsv_folder(root: Path) -> Path | None:
     return None
 
 
-@register_task("retrieval")
+def _shape(o: dict) -> TaskSpec:
+    return TaskSpec(name="retrieval", n_classes=2, l_max=o["l_max"], chance_acc=0.5, vocab_size=VOCAB_SIZE, dual_input=True)
+
+@register_task("retrieval", shape=_shape)
 def retrieval(data_dir: Path, release_dir: str | None = None, l_max: int = 4000, batch_size: int = 32,
               seed: int = 0, num_workers: int = 0) -> Task:
     """Build the byte-level AAN retrieval task (2 classes, two inputs per example).

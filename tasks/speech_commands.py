@@ -392,7 +392,13 @@ def _limit(splits: dict[str, np.ndarray], limits: dict[str, int | None], seed: i
             else np.sort(rng.choice(idx, limits[split], replace=False)) for split, idx in splits.items()}
 
 
-@register_task("speech_commands")
+def _shape(o: dict) -> TaskSpec:
+    n = len(SC10_WORDS if o["subset"] == "sc10" else SC35_WORDS)
+    raw = o["features"] == "raw"
+    return TaskSpec(name="speech_commands", n_classes=n, l_max=CLIP_SAMPLES if raw else N_FRAMES, chance_acc=1.0 / n,
+                    d_input=1 if raw else MFCC_PARAMS["n_mfcc"])
+
+@register_task("speech_commands", shape=_shape)
 def speech_commands(data_dir: Path, subset: str = "sc10", features: str = "raw", normalize: str = "auto",
                     root: str | None = None, split_seed: int = 0, batch_size: int = 16, seed: int = 0,
                     num_workers: int = 0, n_train: int | None = None, n_val: int | None = None,

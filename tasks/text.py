@@ -285,7 +285,10 @@ def make_splits(splits: dict[str, Any], l_max: int, val_fraction: float, n_val: 
             "test": ByteTextDataset(seqs["test"], labels["test"], test_rows)}
 
 
-@register_task("text")
+def _shape(o: dict) -> TaskSpec:
+    return TaskSpec(name="text", n_classes=2, l_max=o["l_max"], chance_acc=0.5, vocab_size=VOCAB_SIZE)
+
+@register_task("text", shape=_shape)
 def text(data_dir: Path, source: str = "auto", path: str | None = None, l_max: int = 4096,
          val_fraction: float = 0.1, n_val: int | None = None, split_seed: int = 0, batch_size: int = 32,
          seed: int = 0, num_workers: int = 0) -> Task:

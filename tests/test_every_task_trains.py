@@ -10,7 +10,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from harness.suite import run_suite
-from tasks import list_tasks
+from tasks import build_task, list_tasks, task_spec
 from tasks.__main__ import main as tasks_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +65,10 @@ def test_every_task_stages_builds_and_trains(tmp_path):
     assert all(s == "ok" for s in status.values()), {k: s[:300] for k, s in status.items() if s != "ok"}
     bad = {(r.task, r.model): (r.test_acc, r.steps) for r in records if not (0.0 <= r.test_acc <= 1.0 and r.steps >= 1)}
     assert not bad, bad
+
+    # the shape a task reports without data (parameter counts, tasks.task_spec) is the one its loader builds
+    for task in list_tasks():
+        built = build_task(task, data, seed=0, **TASK_OPTIONS.get(task, {})).spec
+        shape = task_spec(task, **TASK_OPTIONS.get(task, {}))
+        fields = ("n_classes", "l_max", "chance_acc", "vocab_size", "d_input", "dual_input", "pad_id")
+        assert {f: getattr(shape, f) for f in fields} == {f: getattr(built, f) for f in fields}, task

@@ -86,3 +86,31 @@ def test_listops_body_has_lras_parameter_count():
     lra_layer = 4 * d * d + 2 * 2 * d + (d * mlp + mlp + mlp * d + d)  # attention (no bias), 2 LayerNorms, MLP
     ours = sum(p.numel() for n, p in net.named_parameters() if not n.startswith(("encoder.", "head.")))
     assert ours == layers * (lra_layer + 4 * d) + 2 * d  # + q, k, v, out biases per layer; + final LayerNorm
+
+
+def test_apples_to_apples_baselines_match_the_transformers_parameter_count():
+    """Every (task, model) of the lra suite: apples-to-apples recipes are within 10% of the transformer's count,
+    every model of the suite says which rule it follows, and S4 (the paper's own configs) is free-for-all."""
+    from harness.params import TOLERANCE, parameter_table
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=["suite=lra"])
+        df = parameter_table(cfg)
+    assert set(df.model) == set(cfg.models) and set(df.task) == set(cfg.tasks)
+    assert set(df.comparison) <= {"apples-to-apples", "free-for-all"}, sorted(set(df.comparison))
+    assert set(df[df.model == "s4"].comparison) == {"free-for-all"}
+    fair = df[df.comparison == "apples-to-apples"]
+    assert {"lstm", "gru", "s4d", "s5", "lru", "mamba", "performer", "local_attention"} <= set(fair.model)
+    off = fair[(fair.vs_transformer - 1).abs() > TOLERANCE]
+    assert off.empty, off[["task", "model", "n_params", "vs_transformer"]].to_string()
+
+
+def test_recipe_base_inherits_the_named_parts_only():
+    from harness.suite import recipe_block
+
+    transformer, performer = recipe_block("lra", "text", "transformer"), recipe_block("lra", "text", "performer")
+    assert performer["train"] == transformer["train"] and performer["backbone"] == transformer["backbone"]
+    assert performer["hparams"] == {"n_heads": 4} and performer["comparison"] == "apples-to-apples"
+    lstm = recipe_block("lra", "text", "lstm")
+    assert "hparams" not in lstm and lstm["train"] == transformer["train"] and lstm["backbone"]["n_layers"] == 4
+    assert recipe_block("lra", "text", "s4")["comparison"] == "free-for-all"

@@ -146,3 +146,10 @@ def test_recipes_apply_only_where_a_suite_names_them():
             resolve_run_config(compose("config", overrides=["recipe=lrA"]), "listops", "s4", 0)
     assert quick["train"]["epochs"] == 3 and quick["model"]["backbone"]["norm"] == "layer" and quick["recipe"] is None
     assert lra["train"]["epochs"] == 40 and lra["model"]["backbone"]["norm"] == "batch" and lra["recipe"] == "lra"
+
+
+def test_records_carry_the_recipes_parameter_rule(tmp_path):
+    records, _ = _suite(tmp_path, "tasks=[listops]", "models=[lstm]", "recipe=lra", "train.eval_max_batches=1",
+                        "+model_overrides.lstm.backbone={d_model: 8, n_layers: 1}")
+    assert records[0].status == "ok" and records[0].comparison == "apples-to-apples"
+    assert load_records(tmp_path / "results").comparison.tolist() == ["apples-to-apples"]
