@@ -29,6 +29,15 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; an approximation elsewhere
 
 
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory failure (CUDA's, or a host allocation that failed)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg))
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -27,8 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import models  # noqa: F401  (registers the layers)
 import tasks  # noqa: F401  (registers the tasks)
+from harness.efficiency import EfficiencyConfig, run_efficiency
 from harness.env import device_name, git_commit, resolve_device
+from harness.measure import is_oom
 from harness.records import RunRecord, config_hash, write_record
+from harness.report import write_report
 from harness.tables import write_tables
 from harness.train import TrainConfig, fit
 from models.backbone import build_model
@@ -119,14 +122,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    msg = str(exc).lower()
-    return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg))
-
-
 def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
     """Run one (task, model, seed) and return its record; never raises for a failure of the run itself."""
     dev_type = "cpu"
@@ -149,7 +144,7 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
         status = f"skipped: data not found: {exc}"
         log.warning("%s/%s/seed%d skipped: %s", task, model, seed, exc)
     except Exception as exc:  # one failing run never stops the suite; its row says why
-        if _is_oom(exc):
+        if is_oom(exc):
             status = "oom"
         else:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
@@ -165,7 +160,8 @@ def _json(obj: Any) -> str:
 
 
 def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
-    """Run every (task, model, seed) of the suite, storing each record as soon as it exists; then write the tables."""
+    """Run every (task, model, seed) of the suite, storing each record as soon as it exists; then write the tables,
+    run the suite's efficiency sweep if it has one, and write its REPORT.md (tables, plots) from the stored records."""
     results_dir = Path(cfg.results_dir)
     combos = [(t, m, int(s)) for t in cfg.tasks for m in cfg.models for s in cfg.seeds]
     log.info("suite %s: %d runs -> %s", cfg.suite_name, len(combos), results_dir)
@@ -173,6 +169,7 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
         for name in names:
             if name not in known:  # said at once, not only after hours of other runs
                 log.error("unknown %s %r; known: %s. Its runs will be recorded as errors.", group, name, ", ".join(known))
+    eff_cfg, eff_models = efficiency_settings(cfg)  # a misspelt efficiency key fails before hours of training
     records = []
     for i, (task, model, seed) in enumerate(combos, 1):
         log.info("[%d/%d] %s / %s / seed %d", i, len(combos), task, model, seed)
@@ -182,7 +179,31 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
         log.info("[%d/%d] %s / %s / seed %d: %s%s  (%s)", i, len(combos), task, model, seed, rec.status.splitlines()[0][:300],
                  f", test acc {rec.test_acc:.4f}, {rec.wall_s:.0f} s" if rec.test_acc is not None else "", path.name)
     paths = write_tables(results_dir)
+    if eff_cfg is not None:
+        log.info("efficiency: %d models x lengths %s", len(eff_models), list(eff_cfg.lengths))
+        run_efficiency(eff_cfg, eff_models, results_dir, suite=str(cfg.suite_name),
+                       progress=bool(cfg.train.get("progress", True)))
+    paths["report"] = write_report([results_dir], out=results_dir / "REPORT.md")
     return records, paths
 
 
-__all__ = ["resolve_run_config", "run_one", "run_suite"]
+def efficiency_settings(cfg: DictConfig) -> tuple[EfficiencyConfig | None, list[str]]:
+    """The suite's ``efficiency:`` block as an EfficiencyConfig (None when the suite has none) and its models."""
+    block = cfg.get("efficiency")
+    if not block:
+        return None, []
+    block = OmegaConf.to_container(block, resolve=True)
+    accepted = [f.name for f in fields(EfficiencyConfig)]
+    bad = sorted(set(block) - set(accepted))
+    if bad:
+        raise TypeError(f"unknown efficiency option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")
+    block.setdefault("device", str(cfg.device))
+    eff = EfficiencyConfig(**block)
+    models = list(eff.models or cfg.models)
+    unknown = sorted(set(models) - set(list_layers()))
+    if unknown:
+        raise KeyError(f"efficiency: unknown model(s) {', '.join(unknown)}; known: {', '.join(list_layers())}")
+    return eff, models
+
+
+__all__ = ["efficiency_settings", "resolve_run_config", "run_one", "run_suite"]

@@ -4,9 +4,19 @@ The registered ``transformer`` layer is the attention sub-block; its model confi
 position-wise MLP sub-block through ``backbone.ff_expand`` and positions through
 ``backbone.pos_encoding``, so the whole model is the usual (pre-norm) Transformer encoder.
 
-Dimensions: B batch, L length, H d_model, n heads, E = H / n head width.
+Generation mode (``causal=True`` only), through a key/value cache: ``state = layer.default_state(B)``
+preallocates keys and values for ``max_len`` positions (default ``l_max``), then ``y_t, state =
+layer.step(x_t, state)`` for x_t (B, H) writes the new key and value into the next slot and attends from the new
+query over the filled prefix, itself included: the causal forward's output at t. Unlike a recurrence, the state
+grows with the prefix: 2 * B * H * max_len floats of memory, and step t costs O(t * H) attention work.
+The cache is written in place, so generate under ``torch.no_grad()`` / ``torch.inference_mode()``.
+
+Dimensions: B batch, L length, H d_model, n heads, E = H / n head width, T = max_len cached positions.
 """
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +25,25 @@ from torch import nn
 from models.registry import register_layer
 
 
+@dataclass(frozen=True)
+class KVCache:
+    """Keys and values of the first ``filled`` positions; the buffers are shared by every state of one generation."""
+    k: torch.Tensor  # (B, n, T, E)
+    v: torch.Tensor  # (B, n, T, E)
+    filled: int = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
 class MultiHeadAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int = 4, attn_dropout: float = 0.0, causal: bool = False):
+    def __init__(self, d_model: int, n_heads: int = 4, attn_dropout: float = 0.0, causal: bool = False,
+                 l_max: int | None = None):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        self.n_heads, self.attn_dropout, self.causal = n_heads, attn_dropout, causal
+        self.n_heads, self.attn_dropout, self.causal, self.l_max = n_heads, attn_dropout, causal, l_max
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
@@ -37,16 +60,42 @@ class MultiHeadAttention(nn.Module):
                                            is_causal=self.causal and attn_mask is None)  # (B, n, L, E)
         return self.out(y.transpose(1, 2).reshape(b, l, h))
 
+    def default_state(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """Empty key/value cache for ``max_len`` positions (default ``l_max``): 2 * B * H * max_len floats."""
+        if not self.causal:
+            raise ValueError("step mode needs a causal layer: build transformer with causal=True")
+        max_len = self.l_max if max_len is None else max_len
+        if max_len is None or max_len < 1:
+            raise ValueError(f"the key/value cache needs max_len >= 1 (got {max_len}; l_max is {self.l_max})")
+        w = self.out.weight
+        shape = (batch_size, self.n_heads, max_len, w.shape[0] // self.n_heads)
+        return KVCache(w.new_empty(shape), w.new_empty(shape))
+
+    def step(self, x_t: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """One position: x_t (B, H) -> y_t (B, H), and the cache one position longer (same buffers, filled in place)."""
+        t = state.filled
+        if t >= state.max_len:
+            raise RuntimeError(f"key/value cache is full ({state.max_len} positions): "
+                               f"call default_state(batch_size, max_len=...) with a larger max_len")
+        b, h = x_t.shape
+        q, k, v = self.qkv(x_t).view(b, 3, self.n_heads, h // self.n_heads).unbind(1)  # 3 x (B, n, E)
+        state.k[:, :, t].copy_(k)
+        state.v[:, :, t].copy_(v)
+        y = F.scaled_dot_product_attention(q[:, :, None], state.k[:, :, :t + 1], state.v[:, :, :t + 1],
+                                           dropout_p=self.attn_dropout if self.training else 0.0)  # (B, n, 1, E)
+        return self.out(y.reshape(b, h)), dataclasses.replace(state, filled=t + 1)
+
 
 @register_layer("transformer")
-def transformer(d_model: int, l_max: int, n_heads: int = 4, attn_dropout: float = 0.0, causal: bool = False) -> nn.Module:
+def transformer(d_model: int, l_max: int, n_heads: int = 4, attn_dropout: float = 0.0,
+                causal: bool = False) -> nn.Module:
     """Self-attention over all positions (bidirectional encoder), or causal.
 
     Args:
         d_model: width H (divisible by n_heads).
-        l_max: unused (positions come from the backbone's encoder).
+        l_max: default length of the key/value cache in generation mode (positions come from the backbone's encoder).
         n_heads: attention heads.
         attn_dropout: dropout on the attention weights while training.
-        causal: attend only to earlier positions.
+        causal: attend only to earlier positions; enables ``default_state`` / ``step`` (key/value-cache generation).
     """
-    return MultiHeadAttention(d_model, n_heads, attn_dropout, causal)
+    return MultiHeadAttention(d_model, n_heads, attn_dropout, causal, l_max)

@@ -54,7 +54,7 @@ def test_every_task_stages_builds_and_trains(tmp_path):
         assert tasks_cli(["--data-dir", str(data), "prepare", task, "--from", str(folder), "--no-build"]) == 0
     overrides = [f"results_dir={tmp_path / 'results'}", f"data_dir={data}", f"tasks=[{','.join(list_tasks())}]",
                  "models=[s4,lstm]", "seeds=[0]", "train.max_steps=2", "train.epochs=1", "train.progress=false",
-                 "train.eval_max_batches=1", "train.time_budget_s=null",
+                 "train.eval_max_batches=1", "train.time_budget_s=null", "efficiency=null",
                  "model_overrides.s4.backbone={d_model: 8, n_layers: 1}", "+model_overrides.s4.hparams={d_state: 4}",
                  "model_overrides.lstm.backbone={d_model: 8, n_layers: 1}"]
     overrides += [f"++task_overrides.{t}.{k}={v}" for t, opts in TASK_OPTIONS.items() for k, v in opts.items()]

@@ -12,7 +12,7 @@ from harness.records import load_records
 from harness.suite import run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["task_overrides.listops.variant=shallow", "train.max_steps=6", "train.epochs=1", "train.progress=false",
+TINY = ["task_overrides.listops.variant=shallow", "train.max_steps=6", "train.epochs=1", "train.progress=false", "efficiency=null",
         "+task_overrides.listops.progress=false"]
 
 

@@ -1,0 +1,354 @@
+"""The efficiency benchmark: training speed, peak memory, inference and generation throughput per (model, length).
+
+Setup (the LRA paper's Table 2 and the S4 paper's Table 3): every registered layer in the shared backbone on the
+byte-level Text task's shape (vocabulary 257, 2 classes), ``n_layers`` blocks of width ``d_model`` (4 x 256;
+attention layers with ``n_heads`` heads), the layer's other hyperparameters from its config file, batch size
+``batch_size``, random bytes of exactly L tokens (no padding), at each length of ``lengths``. Per cell:
+
+  * training: AdamW steps (forward, backward, optimizer step) on one fixed batch; ``warmup`` steps, then
+    ``repeats`` synchronized steps; the median step time gives steps/s;
+  * peak memory of the first training step of a fresh process (``harness.measure.PeakMemory``). CUDA:
+    ``torch.cuda.max_memory_allocated`` over the step, absolute (parameters, batch, activations, gradients and the
+    optimizer state the step creates), as the papers report peak memory. CPU: growth of the resident set size
+    over that step (activations, gradients, optimizer state and the allocator's caches; parameters and batch
+    were resident before), an upper bound on what the step itself needs;
+  * inference: forward passes under ``torch.inference_mode`` in eval mode, median of ``repeats``: samples/s;
+  * generation, for layers with ``step`` (and the transformer, through its key/value cache): the causal variant
+    of the layer (its config's ``per_task.first_token`` hyperparameters), ``n_layers`` pre-norm residual blocks,
+    ``gen_batch`` sequences grown one token at a time for ``min(L, gen_max_len)`` steps from the zero state:
+    tokens/s (all sequences' tokens over wall time).
+
+Each cell runs in its own process (fresh memory, and a crash or an out-of-memory kill is recorded, not
+inherited); a cell whose training step exceeds ``cell_budget_s`` is recorded ``over_budget`` and the model's
+longer lengths are not tried (``skipped: over_budget at L=...``); out-of-memory likewise stops the model's sweep,
+and ``total_budget_s`` bounds the whole sweep (cells not started in time: ``skipped``). Every cell's figures go into an ``EfficiencyRecord`` (Parquet, append-only, as RunRecord) with the
+hardware, torch version, kernel backend and git commit.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["EfficiencyConfig", "EfficiencyRecord", "write_efficiency_record", "load_efficiency_records",
+           "efficiency_dir", "measure_cell", "run_efficiency"]
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_TAG = "EFFICIENCY_RESULT "  # the child process's one result line on stdout
+
+
+@dataclass
+class EfficiencyConfig:
+    """The ``efficiency:`` block of a suite (configs/suite/efficiency.yaml); every size and repeat is a value here."""
+    models: list[str] | None = None        # None: the suite's models
+    lengths: list[int] = field(default_factory=lambda: [1024, 2048, 3072, 4096, 8192, 16384])
+    batch_size: int = 32
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4                       # for layers that take n_heads (the attention family)
+    warmup: int = 2                        # training steps before the measured ones (the first also measures memory)
+    repeats: int = 5                       # measured training steps / inference passes (median)
+    cell_budget_s: float = 60.0            # a training step slower than this: over_budget, longer lengths skipped
+    gen_max_len: int = 1024                # tokens generated per sequence: min(L, gen_max_len)
+    gen_batch: int = 1
+    total_budget_s: float | None = None    # wall time for the whole sweep; cells not started by then: skipped
+    device: str = "auto"
+
+
+@dataclass
+class EfficiencyRecord:
+    model: str
+    seq_len: int
+    status: str                                # "ok" | "oom" | "over_budget" | "skipped: <why>" | "error: <message>"
+    suite: str = ""
+    batch_size: int = 0
+    d_model: int = 0
+    n_layers: int = 0
+    n_params: int | None = None
+    train_steps_per_s: float | None = None     # median over the measured steps
+    train_step_ms: float | None = None         # the same median, in ms
+    peak_mem_mib: float | None = None          # one training step (see the module docstring for CPU vs CUDA)
+    peak_mem_kind: str = ""                    # "cuda_max_allocated" | "cpu_rss_growth"
+    infer_samples_per_s: float | None = None
+    gen_tokens_per_s: float | None = None      # None: the layer has no recurrent mode
+    gen_len: int = 0                           # tokens generated per sequence
+    gen_batch: int = 0
+    gen_status: str = ""                       # "ok" | "n/a: <why>" | "oom" | "error: <message>"
+    warmup: int = 0
+    repeats: int = 0
+    kernel_backend: str = ""                   # kernels chosen automatically (S4 family, Mamba), else "n/a"
+    device: str = ""                           # "cpu" | "cuda"
+    device_name: str = ""
+    torch_version: str = ""
+    git_commit: str = ""
+    config: str = ""                           # the cell's resolved settings, JSON
+    timestamp: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+_SCHEMA = pa.schema([
+    pa.field(f.name, {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}[_t])
+    for f in dataclasses.fields(EfficiencyRecord)
+    for _t in [f.type.split(" ")[0] if isinstance(f.type, str) else f.type.__name__]
+])
+
+
+def efficiency_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "efficiency"
+
+
+def write_efficiency_record(rec: EfficiencyRecord, results_dir: str | Path) -> Path:
+    """Store ``rec`` as its own Parquet file under ``<results_dir>/efficiency/``, atomically."""
+    out_dir = efficiency_dir(results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{rec.model}__L{rec.seq_len}__{time.strftime('%Y%m%d-%H%M%S')}__{uuid.uuid4().hex[:8]}.parquet"
+    tmp = out_dir / f".{name}.tmp"
+    pq.write_table(pa.Table.from_pylist([dataclasses.asdict(rec)], schema=_SCHEMA), tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, out_dir / name)
+    return out_dir / name
+
+
+def load_efficiency_records(results_dir: str | Path) -> pd.DataFrame:
+    """Every stored EfficiencyRecord under ``results_dir`` (one row each; unreadable files are skipped with a warning)."""
+    frames = []
+    for path in sorted(efficiency_dir(results_dir).glob("*.parquet")):
+        try:
+            frames.append(pq.read_table(path).to_pandas())
+        except (OSError, pa.ArrowException) as exc:
+            warnings.warn(f"skipping unreadable efficiency record {path}: {exc}", stacklevel=2)
+    if not frames:
+        return pd.DataFrame(columns=[f.name for f in dataclasses.fields(EfficiencyRecord)])
+    return pd.concat(frames, ignore_index=True)
+
+
+# -- one cell, measured in the current process ------------------------------------------------------------------
+def _model_file(model: str) -> dict:
+    from omegaconf import OmegaConf
+
+    path = ROOT / "configs" / "model" / f"{model}.yaml"
+    if not path.is_file():
+        raise KeyError(f"no configs/model/{model}.yaml")
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def cell_settings(model: str, cfg: EfficiencyConfig) -> dict[str, Any]:
+    """The layer's hyperparameters (bidirectional and causal variants) and backbone for the benchmark setup."""
+    import inspect
+
+    from models.registry import _LAYERS
+
+    raw = _model_file(model)
+    accepts = inspect.signature(_LAYERS.get(model)).parameters
+    hparams = dict(raw.get("hparams") or {})
+    if "n_heads" in accepts:
+        hparams["n_heads"] = cfg.n_heads
+    causal = {**hparams, **((raw.get("per_task") or {}).get("first_token", {}).get("hparams", {}))}
+    backbone = {**(raw.get("backbone") or {}), "d_model": cfg.d_model, "n_layers": cfg.n_layers}
+    return {"hparams": hparams, "causal_hparams": causal, "backbone": backbone}
+
+
+def _median_time(fn, device, n: int) -> float:
+    from harness.measure import synchronize
+
+    times = []
+    for _ in range(n):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _generation(model: str, settings: dict, cfg: EfficiencyConfig, length: int, device) -> dict[str, Any]:
+    """tokens/s of growing ``gen_batch`` sequences one token at a time through n_layers causal blocks."""
+    import torch
+    from torch import nn
+
+    from models.backbone import FeedForward
+    from models.registry import build_layer
+
+    n_tokens = min(length, cfg.gen_max_len)
+    d, ff = cfg.d_model, int(settings["backbone"].get("ff_expand") or 0)
+    try:
+        layers = [build_layer(model, d_model=d, l_max=n_tokens, **settings["causal_hparams"]) for _ in range(cfg.n_layers)]
+    except ValueError as exc:  # no causal form (e.g. linformer)
+        return {"gen_status": f"n/a: {exc}"}
+    if not hasattr(layers[0], "step"):
+        return {"gen_status": "n/a: no recurrent mode"}
+    blocks = nn.ModuleList(layers).to(device).eval()
+    norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(2 * cfg.n_layers)).to(device).eval()
+    ffs = nn.ModuleList(FeedForward(d, ff, 0.0) for _ in range(cfg.n_layers if ff else 0)).to(device).eval()
+
+    def run(steps: int) -> None:
+        states = [layer.default_state(cfg.gen_batch) for layer in blocks]
+        x = torch.randn(cfg.gen_batch, d, device=device)
+        for _ in range(steps):
+            for i, layer in enumerate(blocks):  # pre-norm residual blocks, as the backbone's
+                y, states[i] = layer.step(norms[2 * i](x), states[i])
+                x = x + y
+                if ff:
+                    x = x + ffs[i](norms[2 * i + 1](x))
+
+    with torch.inference_mode():
+        run(min(4, n_tokens))                       # warm-up (and each layer's default_state once)
+        seconds = _median_time(lambda: run(n_tokens), device, 1)
+    return {"gen_status": "ok", "gen_tokens_per_s": cfg.gen_batch * n_tokens / seconds, "gen_len": n_tokens,
+            "gen_batch": cfg.gen_batch}
+
+
+def measure_cell(model: str, length: int, cfg: EfficiencyConfig) -> dict[str, Any]:
+    """Every figure of one (model, length), in this process; the fields of an EfficiencyRecord."""
+    import torch
+    import torch.nn.functional as F
+
+    import models  # noqa: F401  (registers the layers)
+    from harness.env import resolve_device
+    from harness.measure import PeakMemory, synchronize
+    from harness.optim import param_groups
+    from models.backbone import build_model
+    from tasks import task_spec
+
+    device = resolve_device(cfg.device)
+    settings = cell_settings(model, cfg)
+    spec = task_spec("text", l_max=length)      # the byte-level Text task's shape: vocabulary 257, 2 classes
+    torch.manual_seed(0)
+    net = build_model(model, spec, settings["backbone"], settings["hparams"]).to(device)
+    opt = torch.optim.AdamW(param_groups(net, 1e-4, 0.0))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(1, spec.vocab_size, (cfg.batch_size, length), generator=gen).to(device)
+    lengths = torch.full((cfg.batch_size,), length, dtype=torch.long, device=device)
+    y = torch.randint(0, spec.n_classes, (cfg.batch_size,), generator=gen).to(device)
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x, lengths), y).backward()
+        opt.step()
+
+    out: dict[str, Any] = {"n_params": sum(p.numel() for p in net.parameters()), "warmup": cfg.warmup,
+                           "repeats": cfg.repeats, "settings": settings}
+    net.train()
+    synchronize(device)
+    t0 = time.perf_counter()
+    with PeakMemory(device) as mem:
+        train_step()
+    first = time.perf_counter() - t0
+    out.update(peak_mem_mib=mem.peak_mib, peak_mem_kind=mem.kind)
+    backends = sorted({str(m.kernel_backend) for m in net.modules() if hasattr(m, "kernel_backend")})
+    out["kernel_backend"] = ",".join(backends) or "n/a"
+    if first > cfg.cell_budget_s:
+        return {**out, "status": "over_budget", "train_step_ms": 1000 * first}
+    for _ in range(cfg.warmup - 1):
+        train_step()
+    step = _median_time(train_step, device, cfg.repeats)
+    out.update(status="ok", train_step_ms=1000 * step, train_steps_per_s=1 / step)
+    del opt
+    net.eval()
+    with torch.inference_mode():
+        net(x, lengths)
+        infer = _median_time(lambda: net(x, lengths), device, cfg.repeats)
+    out["infer_samples_per_s"] = cfg.batch_size / infer
+    out.update(_generation(model, settings, cfg, length, device))
+    return out
+
+
+# -- the sweep: one child process per cell ----------------------------------------------------------------------
+def _run_child(model: str, length: int, cfg: EfficiencyConfig, timeout_s: float) -> dict[str, Any]:
+    payload = json.dumps({"model": model, "length": length, "cfg": dataclasses.asdict(cfg)})
+    try:
+        proc = subprocess.run([sys.executable, "-m", "harness.efficiency", "--cell", payload], cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": "over_budget"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    if proc.returncode in (-signal.SIGKILL, 137):  # killed: the kernel's out-of-memory killer, as a rule
+        return {"status": "oom"}
+    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return {"status": f"error: exit code {proc.returncode}: {tail}"[:2000]}
+
+
+def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | Path, suite: str = "",
+                   progress: bool = True) -> list[EfficiencyRecord]:
+    """Measure every (model, length), all models at each length before the next, longer, one; store each record
+    as soon as it exists. Returns the records in that order."""
+    import torch
+
+    from harness.env import device_name, git_commit, resolve_device
+
+    dev = resolve_device(cfg.device)
+    base = dict(suite=suite, batch_size=cfg.batch_size, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                device=dev.type, device_name=device_name(dev.type), torch_version=torch.__version__,
+                git_commit=git_commit(), config=json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+    lengths = sorted(int(v) for v in cfg.lengths)
+    # a cell gets its steps' budget, plus generation and process start-up
+    timeout_s = cfg.cell_budget_s * (cfg.warmup + 2 * cfg.repeats + 2) + 120
+    cells = [(m, n) for n in lengths for m in models]  # length-major: a spent budget cuts the longest lengths
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(cells), desc=f"efficiency ({dev.type})", unit="cell")
+    records, stopped, t_start = [], {}, time.perf_counter()
+    for model, length in cells:
+        if bar is not None:
+            bar.set_postfix_str(f"{model} L={length}")
+        if cfg.total_budget_s is not None and time.perf_counter() - t_start > cfg.total_budget_s:
+            result = {"status": f"skipped: the sweep's total_budget_s ({cfg.total_budget_s:g} s) was spent"}
+        elif model in stopped:
+            result = {"status": f"skipped: {stopped[model]}"}
+        else:
+            result = _run_child(model, length, cfg, timeout_s)
+            if result["status"] in ("oom", "over_budget"):
+                stopped[model] = f"{result['status']} at L={length}"
+        settings = result.pop("settings", None)
+        fields = {f.name for f in dataclasses.fields(EfficiencyRecord)}
+        rec = EfficiencyRecord(model=model, seq_len=length, **base,
+                               **{k: v for k, v in result.items() if k in fields})
+        if settings is not None:
+            rec.config = json.dumps({"sweep": dataclasses.asdict(cfg), "cell": settings}, sort_keys=True, default=str)
+        write_efficiency_record(rec, results_dir)
+        records.append(rec)
+        log.info("efficiency %s L=%d: %s", model, length, rec.status)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    return records
+
+
+def _child_main(payload: str) -> int:
+    from harness.measure import is_oom
+
+    job = json.loads(payload)
+    cfg = EfficiencyConfig(**job["cfg"])
+    try:
+        result = measure_cell(job["model"], int(job["length"]), cfg)
+    except Exception as exc:  # reported as the cell's status; the sweep goes on
+        result = {"status": "oom" if is_oom(exc) else f"error: {type(exc).__name__}: {exc}"[:2000]}
+    print(RESULT_TAG + json.dumps(result, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="One efficiency cell (used by run_efficiency); prints one result line.")
+    ap.add_argument("--cell", required=True, help="JSON: {model, length, cfg}")
+    sys.exit(_child_main(ap.parse_args().cell))

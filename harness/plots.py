@@ -1,0 +1,394 @@
+"""Efficiency tables and figures regenerated from stored records (matplotlib's Agg canvas; no model code, no torch).
+
+Glossary: L sequence length (tokens); a setup is the benchmark's shape, "batch 32, width 256, depth 4 layers".
+Every function takes the DataFrame that ``harness.efficiency.load_efficiency_records`` returns (any number of
+re-runs: the latest record per (model, L, device, setup) counts; different setups on one device, e.g. the quick
+suite's narrow sweep and the efficiency suite's, are kept apart, never compared). A figure shows one device and
+one setup: ``device_name`` and ``setup`` may be left out when the records hold only one, and must be given (one
+call, one file each) when they hold several. Each plotting function returns a ``PlotFile``: the PNG written and a
+caption saying what the figure shows and what it leaves out. Every model keeps one colour and marker in all figures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+from matplotlib.transforms import blended_transform_factory
+
+from harness.reference import published_accuracy, short_source
+from harness.tables import FAIL_AS_PCT, accuracy_long, non_benchmark_tasks
+
+__all__ = ["PlotFile", "MODEL_ORDER", "LRA_TASKS", "efficiency_table", "lra_average", "plot_speed_vs_length",
+           "plot_memory_vs_length", "plot_generation", "plot_lra_chart", "length_label", "setup_label", "MEM_KIND"]
+
+MODEL_ORDER = ("transformer", "local_attention", "linformer", "performer", "linear_transformer", "lstm", "gru",
+               "s4", "s4d", "s5", "lru", "mamba")   # baselines first; fixes each model's colour and marker
+LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
+FAILED = ("oom", "over_budget")                    # statuses drawn as an "x" at a figure's top edge
+_MARKERS = "osD^v<>pP*hX"                          # 12 markers x 10 tab10 colours: distinct up to 60 models
+MEM_KIND = {"cuda_max_allocated": "CUDA max allocated", "cpu_rss_growth": "CPU RSS growth"}   # in words
+_MAX_AREA_PT2 = 1600.0                             # LRA chart: marker area of the largest peak memory
+_MIN_AREA_PT2 = 25.0                               # ... and the smallest area drawn, so every point stays visible
+
+
+@dataclass(frozen=True)
+class PlotFile:
+    path: Path
+    caption: str    # what the figure shows, on what, and which models it leaves out
+
+
+def _kind(status) -> str:
+    return str(status).split(":")[0].strip()
+
+
+def _latest(eff: pd.DataFrame) -> pd.DataFrame:
+    ts = pd.to_datetime(eff["timestamp"], utc=True, errors="coerce", format="ISO8601")
+    df = eff.assign(_ts=ts).sort_values("_ts", kind="mergesort", na_position="first")
+    return df.drop_duplicates(["model", "seq_len", "device_name", "setup"], keep="last").drop(columns="_ts")
+
+
+def _model_rank(models) -> dict[str, int]:
+    unknown = sorted(set(models) - set(MODEL_ORDER))
+    return {m: i for i, m in enumerate(list(MODEL_ORDER) + unknown)}
+
+
+def efficiency_table(eff: pd.DataFrame) -> pd.DataFrame:
+    """Latest record per (model, seq_len, device_name, setup), with speed and memory relative to the transformer.
+
+    ``speed_vs_transformer`` = model train steps/s / transformer train steps/s and ``memory_vs_transformer`` =
+    model peak MiB / transformer peak MiB at the same L, device and setup (the LRA paper's Table 2, the S4 paper's
+    Table 3); ``gen_vs_transformer`` likewise for generation tokens/s. NaN where either side is missing or not ok.
+    """
+    cols = ["device_name", "setup", "model", "seq_len", "status", "train_steps_per_s", "train_step_ms", "peak_mem_mib",
+            "infer_samples_per_s", "gen_tokens_per_s", "gen_status", "speed_vs_transformer",
+            "memory_vs_transformer", "gen_vs_transformer", "batch_size", "d_model", "n_layers", "peak_mem_kind",
+            "gen_len", "gen_batch", "n_params", "kernel_backend", "suite", "torch_version", "git_commit", "timestamp"]
+    if eff.empty:
+        return pd.DataFrame(columns=cols)
+    setups = [setup_label(*shape) for shape in zip(eff["batch_size"], eff["d_model"], eff["n_layers"])]
+    df = _latest(eff.assign(setup=setups)).reset_index(drop=True)
+    ok = df["status"] == "ok"
+    gen_ok = df["gen_status"] == "ok"
+    key = ["device_name", "setup", "seq_len"]
+    for metric, valid, ratio in [("train_steps_per_s", ok, "speed_vs_transformer"),
+                                 ("peak_mem_mib", ok, "memory_vs_transformer"),
+                                 ("gen_tokens_per_s", gen_ok, "gen_vs_transformer")]:
+        value = df[metric].where(valid).astype(float)
+        ref = df.assign(_ref=value)[df["model"] == "transformer"][key + ["_ref"]]
+        df[ratio] = value / df[key].merge(ref, on=key, how="left")["_ref"].to_numpy()
+    rank = _model_rank(df["model"])
+    df = df.sort_values(["device_name", "setup", "model", "seq_len"],
+                        key=lambda s: s.map(rank) if s.name == "model" else s)
+    return df[cols].reset_index(drop=True)
+
+
+def _styles(models) -> dict[str, dict]:
+    colours = colormaps["tab10"].colors
+    return {m: {"color": colours[i % 10], "marker": _MARKERS[i % len(_MARKERS)],
+                "linestyle": "-" if i < 10 else "--"} for m, i in _model_rank(models).items()}
+
+
+def _select(eff: pd.DataFrame, device_name: str | None, setup: str | None) -> tuple[pd.DataFrame, str, str]:
+    """The ``efficiency_table`` rows of one (device, setup), and those two; raises if none or several match."""
+    table = efficiency_table(eff)
+    if device_name is not None:
+        table = table[table["device_name"] == device_name]
+    if setup is not None:
+        table = table[table["setup"] == setup]
+    benches = table[["device_name", "setup"]].drop_duplicates()
+    if benches.empty:
+        raise ValueError(f"no efficiency records for device {device_name!r}, setup {setup!r}")
+    if len(benches) > 1:
+        found = "; ".join(f"{d!r}: {s!r}" for d, s in benches.itertuples(index=False))
+        raise ValueError(f"records hold several devices or setups ({found}); pass device_name= and/or setup=")
+    device_name, setup = benches.iloc[0]
+    return table, device_name, setup
+
+
+def _values(df: pd.DataFrame, col: str) -> str:
+    return "/".join(str(int(v)) for v in sorted(df[col].dropna().unique()) if v) or "?"
+
+
+def setup_label(batch_size: int, d_model: int, n_layers: int) -> str:
+    """The benchmark's shape in words: "batch 32, width 256, depth 4 layers"."""
+    return f"batch {batch_size}, width {d_model}, depth {n_layers} layers"
+
+
+def length_label(length: int) -> str:
+    """1024 -> "1K", 1536 -> "1.5K", 512 -> "512"."""
+    return f"{length / 1024:g}K" if length >= 1024 and length % 512 == 0 else str(length)
+
+
+def _g(value, _pos=None) -> str:
+    return f"{value:g}"
+
+
+def _log_axes(ax, lengths, values) -> None:
+    """Log-log axes: the measured lengths as x ticks; y spans the data with an empty band on top for failure marks."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(lengths, labels=[length_label(n) for n in lengths])
+    ax.set_xticks([], minor=True)
+    ax.set_xlim(min(lengths) / 1.25, max(lengths) * 1.25)
+    values = [v for v in values if v > 0 and np.isfinite(v)]
+    lo, hi = (min(values), max(values)) if values else (1.0, 10.0)
+    decades = max(np.log10(hi / lo), 0.5)
+    ax.set_ylim(lo / 10 ** (0.08 * decades), hi * 10 ** (0.3 * decades))
+    _label_log_axis(ax.yaxis, decades)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _label_log_axis(axis, decades: float) -> None:
+    """Plain-number tick labels on a log axis: powers of ten, plus 2 and 5 (every integer under a decade)."""
+    keep = set(range(2, 10)) if decades < 0.8 else {2, 5} if decades < 2.5 else set()
+
+    def minor(value, _pos=None) -> str:
+        mantissa = value / 10 ** np.floor(np.log10(value))
+        return f"{value:g}" if round(mantissa) in keep and abs(mantissa - round(mantissa)) < 1e-6 else ""
+    axis.set_major_formatter(FuncFormatter(_g))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _vs_length(df, column, valid, failed, ylabel, title, fail_label) -> tuple[Figure, list[str]]:
+    """Shared body of the per-length figures: one line per model through its valid cells, each failed cell an "x"
+    at the top edge in the model's colour, labelled with the model and its status. Returns the models with no
+    valid cell."""
+    lengths = sorted(int(n) for n in df["seq_len"].unique())
+    styles = _styles(df["model"])
+    fig = Figure(figsize=(10, 5.8), layout="constrained")
+    ax = fig.add_subplot()
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    n_failed_at: dict[int, int] = {}
+    handles, missing = [], []
+    for model, rows in df.groupby("model", sort=False):
+        good = rows[valid(rows) & rows[column].notna()]
+        (line,) = ax.plot(good["seq_len"], good[column], label=model, markersize=6, **styles[model])
+        handles.append(line)
+        if good.empty:
+            missing.append(model)
+        for _, cell in rows[failed(rows)].iterrows():
+            k = n_failed_at.get(int(cell["seq_len"]), 0)
+            n_failed_at[int(cell["seq_len"])] = k + 1
+            xy = (cell["seq_len"], 0.965 - 0.055 * k)
+            ax.plot(*xy, transform=top, marker="x", markersize=9, markeredgewidth=2.2, color=styles[model]["color"],
+                    linestyle="none", clip_on=False)
+            ax.annotate(f"{model}: {failed.status(cell).replace('_', ' ')}", xy, xycoords=top, xytext=(-9, 0),
+                        textcoords="offset points", ha="right", va="center", fontsize=8,
+                        color=styles[model]["color"])
+    _log_axes(ax, lengths, df.loc[valid(df), column].astype(float).tolist())
+    if n_failed_at:
+        handles.append(Line2D([], [], marker="x", color="0.2", markersize=9, markeredgewidth=2.2, linestyle="none",
+                              label=f"x at top: {fail_label}\n(in the model's colour)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    ax.set_xlabel("sequence length L (tokens, log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    return fig, missing
+
+
+def _note(fig: Figure, text: str) -> None:
+    """A one-line note under the axes, in a band the layout keeps free."""
+    fig.get_layout_engine().set(rect=(0, 0.045, 1, 0.955))
+    fig.text(0.01, 0.012, text, fontsize=8, color="0.3")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Which cells of a per-length figure failed, and the status word to print beside their mark."""
+    column: str
+    kinds: tuple[str, ...]
+
+    def __call__(self, rows: pd.DataFrame) -> pd.Series:
+        return rows[self.column].map(_kind).isin(self.kinds)
+
+    def status(self, cell: pd.Series) -> str:
+        return _kind(cell[self.column])
+
+
+def _train_ok(rows: pd.DataFrame) -> pd.Series:
+    return rows["status"] == "ok"
+
+
+def plot_speed_vs_length(eff: pd.DataFrame, path: Path, device_name: str | None = None,
+                         setup: str | None = None) -> PlotFile:
+    """Training steps/s (forward, backward, AdamW step; median) against L, one line per model, log-log."""
+    df, device, setup = _select(eff, device_name, setup)
+    fig, missing = _vs_length(df, "train_steps_per_s", _train_ok, _Failed("status", FAILED),
+                              "training speed (steps/s, log scale)",
+                              f"Training speed vs length on {device}\n{setup}",
+                              "out of memory or over\nthe time budget")
+    caption = (f"Training steps/s (median step: forward, backward, AdamW) against L on {device} ({setup}); "
+               "x at the top: oom or over budget.")
+    return PlotFile(_save(fig, path), caption + (f" No ok cell: {', '.join(missing)}." if missing else ""))
+
+
+def plot_memory_vs_length(eff: pd.DataFrame, path: Path, device_name: str | None = None,
+                          setup: str | None = None) -> PlotFile:
+    """Peak memory of one training step (MiB) against L, one line per model, log-log."""
+    df, device, setup = _select(eff, device_name, setup)
+    kinds = ", ".join(MEM_KIND.get(k, k) for k in sorted(df["peak_mem_kind"].dropna().unique()) if k) or "unknown"
+    fig, missing = _vs_length(df, "peak_mem_mib", _train_ok, _Failed("status", FAILED),
+                              "peak memory of a training step (MiB, log scale)",
+                              f"Peak training memory vs length on {device}\n{setup}; {kinds}",
+                              "out of memory or over\nthe time budget")
+    caption = (f"Peak memory of one training step ({kinds}) against L on {device} ({setup}); "
+               "x at the top: oom or over budget.")
+    return PlotFile(_save(fig, path), caption + (f" No ok cell: {', '.join(missing)}." if missing else ""))
+
+
+def plot_generation(eff: pd.DataFrame, path: Path, device_name: str | None = None,
+                    setup: str | None = None) -> PlotFile:
+    """Autoregressive generation throughput (tokens/s over all sequences of the batch) against L, log-log.
+
+    Each cell grows its batch one token at a time for min(L, cap) steps. Only models with a recurrent mode (or
+    the transformer's key/value cache) generate; the others are named in the caption and in a note under the axes.
+    """
+    df, device, setup = _select(eff, device_name, setup)
+    no_mode = sorted(set(df["model"]) - set(df.loc[df["gen_status"].map(_kind) != "n/a", "model"]))
+    gen = df[~df["model"].isin(no_mode)]
+    gen_batch = _values(gen, "gen_batch")
+    shape = f"{setup}; generated: {gen_batch} sequences x min(L, {gen['gen_len'].max():.0f}) tokens each"
+    fig, missing = _vs_length(gen, "gen_tokens_per_s", lambda r: r["gen_status"] == "ok",
+                              _Failed("gen_status", ("oom",)),
+                              f"generation throughput (tokens/s over {gen_batch} sequences; log scale)",
+                              f"Generation throughput vs length on {device}\n{shape}", "out of memory")
+    caption = f"Generation tokens/s against L on {device} ({shape}); x at the top: oom."
+    if no_mode:
+        _note(fig, f"No recurrent mode, not shown: {', '.join(no_mode)}.")
+        caption += f" No recurrent mode: {', '.join(no_mode)}."
+    if missing:
+        caption += f" No ok cell: {', '.join(missing)}."
+    return PlotFile(_save(fig, path), caption)
+
+
+def lra_average(accuracy_records: pd.DataFrame, include_unverified: bool = False) -> pd.DataFrame:
+    """LRA average accuracy (%) per model: ours when all six LRA tasks have ok runs in the published benchmark's
+    configuration, else the published average (a published Path-X "fail" counts as 50, as in ``harness.tables``).
+
+    Returns columns ``model``, ``lra_avg_pct``, ``ours`` (bool), ``source``.
+    """
+    rows = {}
+    pub = published_accuracy(include_unverified)
+    pub = pub[(pub["registry_name"] != "") & pub["task"].isin(LRA_TASKS)]
+    for model, p in pub.groupby("registry_name", sort=False):
+        p = p[p["model"] == p["model"].iloc[0]]   # one published row per model: its first (e.g. "S4 (final)")
+        if set(p["task"]) == set(LRA_TASKS):
+            acc = p["acc_pct"].where(p["status"] != "fail", FAIL_AS_PCT)
+            sources = ", ".join(dict.fromkeys(short_source(s) for s in p["source"]))
+            rows[model] = (float(acc.mean()), False, f"published ({sources})")
+    if not accuracy_records.empty:
+        long = accuracy_long(accuracy_records, tasks=list(LRA_TASKS))
+        long = long[~long["task"].isin(non_benchmark_tasks(accuracy_records)) & (long["n_seeds"] > 0)]
+        for model, g in long.groupby("model"):
+            if set(g["task"]) == set(LRA_TASKS):
+                rows[model] = (float(g["mean_acc_pct"].mean()), True, "ours")
+    return pd.DataFrame([(m, *v) for m, v in rows.items()], columns=["model", "lra_avg_pct", "ours", "source"])
+
+
+def _place_labels(ax, points: list[tuple[str, float, float, float]]) -> None:
+    """Name each (name, x, y, marker radius in points) to the right of its marker and of any marker it touches,
+    nudging labels upwards until no two overlap (display coordinates: call after the layout is fixed); a moved
+    label gets a leader line."""
+    px_per_pt = ax.figure.dpi / 72
+    height = 11 * px_per_pt                          # a 9 pt label's line height, in pixels
+    disp = [(name, *ax.transData.transform((x, y)), r * px_per_pt) for name, x, y, r in points]
+    placed: list[tuple[float, float, float]] = []    # (left, right, y) of the labels so far, in pixels
+    for (name, x, y, _), (_, px, py, r) in sorted(zip(points, disp), key=lambda p: p[1][2]):
+        left = max(qx + qr for _, qx, qy, qr in disp if abs(qy - py) < qr + height / 2 and abs(qx - px) < qr + r)
+        left += 4 * px_per_pt
+        right, ly = left + 0.6 * height * len(name), py
+        for pl, pr, pyy in sorted(placed, key=lambda p: p[2]):
+            if left < pr and pl < right and abs(ly - pyy) < height:
+                ly = pyy + height
+        placed.append((left, right, ly))
+        ax.annotate(name, (x, y), xytext=((left - px) / px_per_pt, (ly - py) / px_per_pt), textcoords="offset points",
+                    va="center", fontsize=9, color="0.15",
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.8} if ly != py else None)
+
+
+def plot_lra_chart(eff: pd.DataFrame, accuracy_records: pd.DataFrame, path: Path, length: int = 4096,
+                   device_name: str | None = None, setup: str | None = None,
+                   include_unverified: bool = False) -> PlotFile:
+    """The LRA paper's Figure 1: LRA average accuracy (y) against training speed relative to the transformer (x),
+    marker area proportional to peak training memory.
+
+    x is our measured steps/s ratio at ``length``, or at the measured length closest to it where the transformer
+    ran ok (the title says which). y is ours (filled marker) when our records have ok, benchmark-configuration
+    runs on all six LRA tasks, else the published average (hollow marker, source in the legend; unverified
+    published rows only with ``include_unverified``). Models with no accuracy, or no ok speed at that length, are
+    left out and named in the caption and under the axes.
+    """
+    df, device, setup = _select(eff, device_name, setup)
+    ref_lengths = sorted(int(n) for n in df.loc[df["speed_vs_transformer"].notna(), "seq_len"].unique())
+    fig = Figure(figsize=(10, 6.5), layout="constrained")
+    ax = fig.add_subplot()
+    if not ref_lengths:
+        ax.text(0.5, 0.5, "no length where the transformer trained ok: no speed ratio", ha="center",
+                transform=ax.transAxes)
+        return PlotFile(_save(fig, path), "LRA chart: not drawn, the transformer has no ok cell on this device.")
+    at = min(ref_lengths, key=lambda n: (abs(n - length), n))
+    cells = df[df["seq_len"] == at].set_index("model")
+    acc = lra_average(accuracy_records, include_unverified).set_index("model")
+    speed_ok = set(cells.index[cells["speed_vs_transformer"].notna()])
+    shown = [m for m in cells.index if m in speed_ok and m in acc.index]
+    styles = _styles(df["model"])
+    xs, mem = cells.loc[shown, "speed_vs_transformer"], cells.loc[shown, "peak_mem_mib"]
+    scale = _MAX_AREA_PT2 / mem.max() if mem.notna().any() else 0.0
+    area = (mem * scale).fillna(_MIN_AREA_PT2).clip(lower=_MIN_AREA_PT2)
+    for model in shown:
+        ours, colour = acc.at[model, "ours"], styles[model]["color"]
+        ax.scatter(xs[model], acc.at[model, "lra_avg_pct"], s=area[model], facecolors=colour if ours else "none",
+                   edgecolors=colour, linewidths=2, alpha=0.7 if ours else 1.0)
+    ys = acc.loc[shown, "lra_avg_pct"] if shown else pd.Series([50.0])
+    pad = max(3.0, 0.15 * (ys.max() - ys.min()))     # room for the largest marker (radius ~20 pt) at either edge
+    ax.set_ylim(ys.min() - pad, ys.max() + pad)
+    ax.axvline(1.0, color="0.6", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    lo, hi = min([*xs, 1.0]) / 1.6, max([*xs, 1.0]) * 2.2
+    ax.set_xlim(lo, hi)
+    _label_log_axis(ax.xaxis, np.log10(hi / lo))
+    ax.set_xlabel(f"training speed relative to the transformer (steps/s ratio at L = {at}, log scale)")
+    ax.set_ylabel("LRA average accuracy (%, six tasks; a published Path-X fail counts 50)")
+    ax.grid(True, alpha=0.3)
+    where = f"L = {at}" if at == length else f"L = {at}, the measured length closest to {length}"
+    ax.set_title(f"LRA accuracy vs training speed and memory on {device}\nspeed at {where}; {setup}",
+                 fontsize=11)
+    if mem.notna().any():   # drawn first and kept as an extra artist; the layout makes room for the last legend
+        sizes = sorted({float(f"{mem.max():.2g}"), float(f"{mem.max() / 10:.2g}")}, reverse=True)
+        ax.add_artist(ax.legend(
+            handles=[Line2D([], [], marker="o", color="0.75", linestyle="none", label=f"{mib:g} MiB",
+                            markersize=np.sqrt(max(_MIN_AREA_PT2, mib * scale))) for mib in sizes],
+            title="peak training memory\n(marker area)", loc="upper left", bbox_to_anchor=(1.01, 0.72), fontsize=9,
+            title_fontsize=9, frameon=False, labelspacing=3.2, borderpad=1.8, handletextpad=2.0))
+    sources = sorted({acc.at[m, "source"] for m in shown if not acc.at[m, "ours"]})
+    ax.legend(handles=[
+        Line2D([], [], marker="o", color="0.4", markersize=9, linestyle="none", label="accuracy: ours (this harness)"),
+        Line2D([], [], marker="o", markerfacecolor="none", color="0.4", markeredgewidth=2, markersize=9,
+               linestyle="none", label="accuracy: " + (",\n".join(sources) or "published (none shown)"))],
+        loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    notes = []
+    if no_acc := sorted(speed_ok - set(acc.index)):
+        notes.append(f"no LRA accuracy (ours on all six tasks, or published and verified): {', '.join(no_acc)}")
+    if no_speed := sorted(set(acc.index) & set(df["model"]) - speed_ok):
+        notes.append(f"no ok training cell at L = {at}: {', '.join(no_speed)}")
+    if notes:
+        _note(fig, "Left out: " + "; ".join(notes) + ".")
+    fig.draw_without_rendering()   # fixes the layout, so that labels can be placed in display coordinates
+    _place_labels(ax, [(m, xs[m], acc.at[m, "lra_avg_pct"], np.sqrt(area[m]) / 2) for m in shown])
+    caption = (f"LRA average accuracy against training speed relative to the transformer at {where} on {device} "
+               f"({setup}); marker area proportional to peak memory; hollow markers: published accuracy, not "
+               "measured here.")
+    return PlotFile(_save(fig, path), caption + (" Left out: " + "; ".join(notes) + "." if notes else ""))

@@ -1,0 +1,225 @@
+"""The results report, regenerated from stored records alone (no model code, no torch).
+
+``python -m harness.report results/quick results/efficiency [--out results/REPORT.md]`` reads the accuracy
+records (``<dir>/records/``) and efficiency records (``<dir>/efficiency/``) under every given folder and writes
+one markdown report: what was measured here and what is copied from papers, the hardware, torch versions and
+commits, the accuracy table, the efficiency tables per device (absolute, and relative to the transformer), the
+published reference figures with their sources and hardware, and the figures of ``harness.plots`` as PNG files
+in ``plots/`` beside the report (one set per device and setup, both in the file name), linked by relative paths.
+A missing kind of record leaves its section saying so.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from harness import plots
+from harness.efficiency import EfficiencyRecord, load_efficiency_records
+from harness.records import RunRecord, load_records
+from harness.reference import published_efficiency
+from harness.tables import format_table_markdown
+
+__all__ = ["write_report", "main"]
+
+_STATUS_WORDS = ("oom: out of memory; over budget: a training step took longer than the cell's time budget; "
+                 "skipped: not tried after a shorter length failed; n/a: no recurrent mode; error: see the record; "
+                 "–: not measured.")
+_PUBLISHED_METRICS = {"train_steps_per_s": "speed", "peak_memory": "memory", "speed_vs_transformer": "speed",
+                      "memory_vs_transformer": "memory", "layer_step_time": "step time", "layer_memory": "memory"}
+
+
+def _load_all(loader, results_dirs: list[Path], record_type) -> pd.DataFrame:
+    frames = [df for df in (loader(d) for d in results_dirs) if not df.empty]
+    if not frames:
+        return pd.DataFrame(columns=[f.name for f in dataclasses.fields(record_type)])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _unique(*columns: pd.Series) -> str:
+    values = dict.fromkeys(str(v) for col in columns for v in col.dropna() if str(v))
+    return ", ".join(values) or "none recorded"
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    return tabulate(df, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown-device"
+
+
+def _status_word(status) -> str:
+    return str(status).split(":")[0].strip().replace("_", " ") or "?"
+
+
+def _wide(table: pd.DataFrame, cell) -> pd.DataFrame:
+    """Models as rows, lengths as columns (1K, 2K, ...), ``cell(row) -> str`` in each."""
+    lengths = sorted(table["seq_len"].astype(int).unique())
+    rows = []
+    for model, g in table.groupby("model", sort=False):
+        by_len = {int(r["seq_len"]): cell(r) for _, r in g.iterrows()}
+        rows.append({"model": model, **{f"L={plots.length_label(n)}": by_len.get(n, "") for n in lengths}})
+    return pd.DataFrame(rows)
+
+
+def _number(value) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _measured(column: str, status_column: str = "status"):
+    def cell(r: pd.Series) -> str:
+        if r[status_column] != "ok":
+            return _status_word(r[status_column])
+        return "–" if pd.isna(r[column]) else _number(r[column])
+    return cell
+
+
+def _relative(r: pd.Series) -> str:
+    if pd.isna(r["speed_vs_transformer"]):
+        return "–" if r["status"] == "ok" else _status_word(r["status"])
+    mem = r["memory_vs_transformer"]
+    memory = "?" if pd.isna(mem) else f"{mem:.2f}×" if mem >= 0.1 else f"{mem:.2g}×"
+    return f"{r['speed_vs_transformer']:.2f}× / {memory}"
+
+
+def _figure(plot: plots.PlotFile, out_dir: Path) -> list[str]:
+    link = Path(os.path.relpath(plot.path, out_dir)).as_posix()
+    return [f"![{plot.path.stem}]({link})", "", f"*{plot.caption}*", ""]
+
+
+def _efficiency_section(eff: pd.DataFrame, acc: pd.DataFrame, out_dir: Path) -> list[str]:
+    lines = ["## Efficiency (measured by this harness)", ""]
+    if eff.empty:
+        return lines + ["No efficiency records found: run the efficiency benchmark to fill this section.", ""]
+    table = plots.efficiency_table(eff)
+    lines += ["One section per device and setup (batch, width, depth), latest record per (model, length); ratios "
+              "compare models within a section only. Training: median AdamW step (forward, backward, update) "
+              "on one fixed batch; memory: peak of one training step; inference: forward passes in eval mode; "
+              "generation: tokens/s over all sequences grown one token at a time. Cells that did not finish show "
+              f"their status ({_STATUS_WORDS})", ""]
+    for (device, setup), dev in table.groupby(["device_name", "setup"], sort=True):
+        kinds = _unique(dev["peak_mem_kind"].map(lambda k: plots.MEM_KIND.get(k, k)))
+        lines += [f"### {device or 'unknown device'}: {setup}", "",
+                  f"Suite {_unique(dev['suite'])}; memory: {kinds}; kernels: {_unique(dev['kernel_backend'])}; "
+                  f"torch {_unique(dev['torch_version'])}; commit {_unique(dev['git_commit'])}.", ""]
+        gen = dev[dev["gen_status"].map(_status_word) != "n/a"]
+        for title, wide in [
+            ("Training speed (steps/s)", _wide(dev, _measured("train_steps_per_s"))),
+            ("Step time (ms)", _wide(dev, _measured("train_step_ms"))),
+            (f"Peak memory of a training step (MiB, {kinds})", _wide(dev, _measured("peak_mem_mib"))),
+            ("Inference (samples/s)", _wide(dev, _measured("infer_samples_per_s"))),
+            (f"Generation (tokens/s over all sequences of a batch of {_unique(gen['gen_batch'])})",
+             _wide(gen, _measured("gen_tokens_per_s", "gen_status")) if not gen.empty else None),
+            ("Relative to the transformer at the same length: speed (steps/s ratio) / memory (MiB ratio), as in "
+             "the LRA paper's Table 2 and the S4 paper's Table 3 (–: the transformer did not finish at that length)",
+             _wide(dev, _relative)),
+        ]:
+            lines += [f"#### {title}", "", _markdown(wide) if wide is not None else "No model generates.", ""]
+        shape = dev.iloc[0]
+        slug = f"{_slug(device)}__b{shape['batch_size']}_h{shape['d_model']}_n{shape['n_layers']}"
+        figures = [plots.plot_speed_vs_length(eff, out_dir / "plots" / f"speed_vs_length__{slug}.png", device, setup),
+                   plots.plot_memory_vs_length(eff, out_dir / "plots" / f"memory_vs_length__{slug}.png", device, setup)]
+        if not gen.empty:
+            figures.append(plots.plot_generation(eff, out_dir / "plots" / f"generation__{slug}.png", device, setup))
+        lines += ["#### Figures", ""]
+        for plot in figures:
+            lines += _figure(plot, out_dir)
+        if dev["speed_vs_transformer"].notna().any():
+            lines += _figure(plots.plot_lra_chart(eff, acc, out_dir / "plots" / f"lra_chart__{slug}.png",
+                                                  device_name=device, setup=setup), out_dir)
+        else:
+            lines += ["No LRA chart: the transformer has no ok training cell in this setup, so there is no speed "
+                      "ratio.", ""]
+    return lines
+
+
+def _published_section() -> list[str]:
+    lines = ["## Published reference figures (copied from the papers, not measured here)", "",
+             "From `harness/data/published_efficiency.csv`. Different hardware and software from ours: compare "
+             "ratios to each paper's own Transformer, not absolute numbers.", ""]
+    for source, g in published_efficiency().groupby("source", sort=False):
+        lines += [f"### {source}", "", f"Hardware: {_unique(g['hardware'])}."]
+        if g["length"].isna().all() and g["dim"].isna().all():
+            cells = g.assign(value=g["value"].map(lambda v: f"{v:g}"), metric=g["metric"].str.replace("_", " "))
+            lines += ["", _markdown(cells[["model", "metric", "value", "unit", "setting"]]), ""]
+            continue
+        lines += [f"Setting: {'; '.join(dict.fromkeys(g['setting']))}.", ""]
+        rows: dict[str, dict[str, str]] = {}
+        for _, r in g.iterrows():
+            at = f"L={plots.length_label(int(r['length']))}" if pd.notna(r["length"]) else f"H={int(r['dim'])}"
+            col = f"{_PUBLISHED_METRICS.get(r['metric'], r['metric'])} ({r['unit']}) {at}"
+            rows.setdefault(r["model"], {"model": r["model"]})[col] = f"{r['value']:g}"
+        lines += [_markdown(pd.DataFrame(list(rows.values())).fillna("")), ""]
+    return lines
+
+
+def _provenance(acc: pd.DataFrame, eff: pd.DataFrame) -> list[str]:
+    return [
+        "## What is reproduced here and what is published", "",
+        "- **Measured by this harness**, regenerated from the stored records: "
+        + (f"the accuracy rows without \"published\" in their label ({len(acc)} records; hardware: "
+           f"{_unique(acc['device_name'])})" if len(acc) else "no accuracy records")
+        + "; " + (f"every efficiency table and figure ({len(eff)} records; hardware: {_unique(eff['device_name'])})."
+                  if len(eff) else "no efficiency records."),
+        "- **Copied from papers, not re-run**: accuracy rows labelled \"published\" (LRA paper Table 1, S4 paper "
+        "Table 4, ...), hollow markers in the LRA charts, and the whole \"Published reference figures\" section "
+        "(LRA paper on TPU v3 4x4, S4 paper on one A100).",
+        "- Published and measured efficiency differ in hardware, framework and often batch and width: only "
+        "ratios to each side's own transformer at the same length are loosely comparable.",
+        "",
+        "| | accuracy records | efficiency records |",
+        "| --- | --- | --- |",
+        f"| hardware | {_unique(acc['device_name'])} | {_unique(eff['device_name'])} |",
+        f"| torch | {_unique(acc['torch_version'])} | {_unique(eff['torch_version'])} |",
+        f"| git commit | {_unique(acc['git_commit'])} | {_unique(eff['git_commit'])} |",
+        f"| suite | {_unique(acc['suite'])} | {_unique(eff['suite'])} |",
+        "",
+    ]
+
+
+def write_report(results_dirs: list[Path], out: Path = Path("results/REPORT.md")) -> Path:
+    """Write the markdown report for the records under ``results_dirs``, and its figures under ``out``'s folder.
+
+    Args:
+        results_dirs: folders holding ``records/`` (accuracy) and/or ``efficiency/`` (efficiency) records.
+        out: the report's path; figures go to ``<out's folder>/plots/<figure>__<device>.png``.
+
+    Returns:
+        ``out``.
+    """
+    results_dirs = [Path(d) for d in results_dirs]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    acc = _load_all(load_records, results_dirs, RunRecord)
+    eff = _load_all(load_efficiency_records, results_dirs, EfficiencyRecord)
+    lines = ["# Results report", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `python -m harness.report` from "
+             f"{', '.join(f'`{d}`' for d in results_dirs) or 'no folder'}; nothing here is edited by hand.", ""]
+    lines += _provenance(acc, eff)
+    accuracy = format_table_markdown(acc, title="Accuracy: test accuracy (%), LRA-style")
+    lines += ["#" + accuracy, ""]
+    lines += _efficiency_section(eff, acc, out.parent)
+    lines += _published_section()
+    out.write_text("\n".join(lines), encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description="Regenerate the results report from stored records.")
+    parser.add_argument("results_dirs", nargs="+", type=Path, help="folders holding records/ and/or efficiency/")
+    parser.add_argument("--out", type=Path, default=Path("results/REPORT.md"), help="the report's path")
+    args = parser.parse_args(argv)
+    path = write_report(args.results_dirs, args.out)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

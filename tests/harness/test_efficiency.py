@@ -1,0 +1,45 @@
+"""The efficiency sweep end to end: real child processes, real models, records on disk."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from harness.efficiency import EfficiencyConfig, load_efficiency_records, run_efficiency
+from harness.suite import run_suite
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["efficiency.batch_size=2", "efficiency.d_model=16", "efficiency.n_layers=1", "efficiency.warmup=1",
+        "efficiency.repeats=1", "efficiency.gen_max_len=8", "efficiency.cell_budget_s=30", "train.progress=false"]
+
+
+def test_tiny_sweep_writes_a_record_per_cell(tmp_path):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=["suite=efficiency", f"results_dir={tmp_path}", "models=[transformer,s4d]",
+                                           "efficiency.lengths=[32,64]", *TINY])
+        run_suite(cfg)
+    df = load_efficiency_records(tmp_path).sort_values(["model", "seq_len"])
+    assert list(zip(df.model, df.seq_len)) == [("s4d", 32), ("s4d", 64), ("transformer", 32), ("transformer", 64)]
+    assert (df.status == "ok").all(), df.status.tolist()
+    for col in ("train_steps_per_s", "infer_samples_per_s", "gen_tokens_per_s", "n_params"):
+        assert (df[col] > 0).all(), col
+    assert (df.peak_mem_mib >= 0).all() and set(df.peak_mem_kind) == {"cpu_rss_growth"}
+    assert (df.gen_status == "ok").all() and (df.gen_len == [8, 8, 8, 8]).all()
+    assert set(df.kernel_backend) == {"ref", "n/a"} and (df.device_name != "").all() and (df.git_commit != "").all()
+
+
+def test_out_of_memory_at_one_size_is_recorded_and_the_longer_sizes_skipped(tmp_path):
+    # 2^18 positions: the attention weights alone would need 4 heads x (2^18)^2 floats = 1 TiB
+    cfg = EfficiencyConfig(lengths=[64, 2**18, 2**19], batch_size=1, d_model=16, n_layers=1, warmup=1, repeats=1,
+                           gen_max_len=4, cell_budget_s=60)
+    records = run_efficiency(cfg, ["transformer"], tmp_path, progress=False)
+    assert [r.status for r in records] == ["ok", "oom", f"skipped: oom at L={2**18}"]
+    assert load_efficiency_records(tmp_path).status.tolist().count("oom") == 1
+
+
+def test_misspelt_efficiency_option_is_named(tmp_path):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=["suite=efficiency", f"results_dir={tmp_path}", "+efficiency.batchsize=3"])
+        with pytest.raises(TypeError, match="unknown efficiency option.*'batchsize'; accepted: models, lengths"):
+            run_suite(cfg)
