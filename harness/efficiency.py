@@ -30,21 +30,18 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
-import uuid
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from harness.records import load_rows, write_row
 
 __all__ = ["EfficiencyConfig", "EfficiencyRecord", "write_efficiency_record", "load_efficiency_records",
            "efficiency_dir", "measure_cell", "run_efficiency"]
@@ -102,41 +99,18 @@ class EfficiencyRecord:
     timestamp: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 
-_SCHEMA = pa.schema([
-    pa.field(f.name, {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}[_t])
-    for f in dataclasses.fields(EfficiencyRecord)
-    for _t in [f.type.split(" ")[0] if isinstance(f.type, str) else f.type.__name__]
-])
-
-
 def efficiency_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "efficiency"
 
 
 def write_efficiency_record(rec: EfficiencyRecord, results_dir: str | Path) -> Path:
     """Store ``rec`` as its own Parquet file under ``<results_dir>/efficiency/``, atomically."""
-    out_dir = efficiency_dir(results_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{rec.model}__L{rec.seq_len}__{time.strftime('%Y%m%d-%H%M%S')}__{uuid.uuid4().hex[:8]}.parquet"
-    tmp = out_dir / f".{name}.tmp"
-    pq.write_table(pa.Table.from_pylist([dataclasses.asdict(rec)], schema=_SCHEMA), tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out_dir / name)
-    return out_dir / name
+    return write_row(rec, efficiency_dir(results_dir), f"{rec.model}__L{rec.seq_len}")
 
 
 def load_efficiency_records(results_dir: str | Path) -> pd.DataFrame:
     """Every stored EfficiencyRecord under ``results_dir`` (one row each; unreadable files are skipped with a warning)."""
-    frames = []
-    for path in sorted(efficiency_dir(results_dir).glob("*.parquet")):
-        try:
-            frames.append(pq.read_table(path).to_pandas())
-        except (OSError, pa.ArrowException) as exc:
-            warnings.warn(f"skipping unreadable efficiency record {path}: {exc}", stacklevel=2)
-    if not frames:
-        return pd.DataFrame(columns=[f.name for f in dataclasses.fields(EfficiencyRecord)])
-    return pd.concat(frames, ignore_index=True)
+    return load_rows(efficiency_dir(results_dir), EfficiencyRecord)
 
 
 # -- one cell, measured in the current process ------------------------------------------------------------------

@@ -129,8 +129,9 @@ def _g(value, _pos=None) -> str:
     return f"{value:g}"
 
 
-def _log_axes(ax, lengths, values) -> None:
-    """Log-log axes: the measured lengths as x ticks; y spans the data with an empty band on top for failure marks."""
+def _log_axes(ax, lengths, values, band: float = 0.22) -> None:
+    """Log-log axes: the measured lengths as x ticks; y spans the data with an empty band on top (``band``, a
+    fraction of the axes' height) for failure marks."""
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(lengths, labels=[length_label(n) for n in lengths])
@@ -139,7 +140,9 @@ def _log_axes(ax, lengths, values) -> None:
     values = [v for v in values if v > 0 and np.isfinite(v)]
     lo, hi = (min(values), max(values)) if values else (1.0, 10.0)
     decades = max(np.log10(hi / lo), 0.5)
-    ax.set_ylim(lo / 10 ** (0.08 * decades), hi * 10 ** (0.3 * decades))
+    bottom = lo / 10 ** (0.08 * decades)
+    span = np.log10(hi / bottom)
+    ax.set_ylim(bottom, hi * 10 ** (band * span / (1 - band)))  # the data end where the band starts
     _label_log_axis(ax.yaxis, decades)
     ax.grid(True, which="major", alpha=0.3)
 
@@ -164,25 +167,28 @@ def _vs_length(df, column, valid, failed, ylabel, title, fail_label) -> tuple[Fi
     fig = Figure(figsize=(10, 5.8), layout="constrained")
     ax = fig.add_subplot()
     top = blended_transform_factory(ax.transData, ax.transAxes)
-    n_failed_at: dict[int, int] = {}
-    handles, missing = [], []
+    handles, missing, row = [], [], 0
     for model, rows in df.groupby("model", sort=False):
         good = rows[valid(rows) & rows[column].notna()]
         (line,) = ax.plot(good["seq_len"], good[column], label=model, markersize=6, **styles[model])
         handles.append(line)
         if good.empty:
             missing.append(model)
-        for _, cell in rows[failed(rows)].iterrows():
-            k = n_failed_at.get(int(cell["seq_len"]), 0)
-            n_failed_at[int(cell["seq_len"])] = k + 1
-            xy = (cell["seq_len"], 0.965 - 0.055 * k)
-            ax.plot(*xy, transform=top, marker="x", markersize=9, markeredgewidth=2.2, color=styles[model]["color"],
-                    linestyle="none", clip_on=False)
-            ax.annotate(f"{model}: {failed.status(cell).replace('_', ' ')}", xy, xycoords=top, xytext=(-9, 0),
-                        textcoords="offset points", ha="right", va="center", fontsize=8,
-                        color=styles[model]["color"])
-    _log_axes(ax, lengths, df.loc[valid(df), column].astype(float).tolist())
-    if n_failed_at:
+        bad = rows[failed(rows)]
+        if bad.empty:
+            continue
+        y = 0.97 - 0.045 * row  # one row of the top band per failing model, so no two labels can collide
+        row += 1
+        for _, cell in bad.iterrows():
+            ax.plot(cell["seq_len"], y, transform=top, marker="x", markersize=8, markeredgewidth=2.0,
+                    color=styles[model]["color"], linestyle="none", clip_on=False)
+        first = bad.sort_values("seq_len").iloc[0]
+        right_half = lengths.index(int(first["seq_len"])) >= len(lengths) / 2  # label towards the middle
+        ax.annotate(f"{model}: {failed.status(first).replace('_', ' ')}", (first["seq_len"], y), xycoords=top,
+                    xytext=(-8 if right_half else 8, 0), textcoords="offset points",
+                    ha="right" if right_half else "left", va="center", fontsize=8, color=styles[model]["color"])
+    _log_axes(ax, lengths, df.loc[valid(df), column].astype(float).tolist(), band=0.05 + 0.045 * row)
+    if row:
         handles.append(Line2D([], [], marker="x", color="0.2", markersize=9, markeredgewidth=2.2, linestyle="none",
                               label=f"x at top: {fail_label}\n(in the model's colour)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
@@ -257,13 +263,13 @@ def plot_generation(eff: pd.DataFrame, path: Path, device_name: str | None = Non
     the transformer's key/value cache) generate; the others are named in the caption and in a note under the axes.
     """
     df, device, setup = _select(eff, device_name, setup)
-    no_mode = sorted(set(df["model"]) - set(df.loc[df["gen_status"].map(_kind) != "n/a", "model"]))
+    no_mode = sorted(set(df.loc[df["gen_status"].map(_kind) == "n/a", "model"]))  # said so by any of its cells
     gen = df[~df["model"].isin(no_mode)]
     gen_batch = _values(gen, "gen_batch")
-    shape = f"{setup}; generated: {gen_batch} sequences x min(L, {gen['gen_len'].max():.0f}) tokens each"
+    shape = f"{setup}; generated: batch {gen_batch} x min(L, {gen['gen_len'].max():.0f}) tokens"
     fig, missing = _vs_length(gen, "gen_tokens_per_s", lambda r: r["gen_status"] == "ok",
                               _Failed("gen_status", ("oom",)),
-                              f"generation throughput (tokens/s over {gen_batch} sequences; log scale)",
+                              "generation throughput (tokens/s, whole batch; log scale)",
                               f"Generation throughput vs length on {device}\n{shape}", "out of memory")
     caption = f"Generation tokens/s against L on {device} ({shape}); x at the top: oom."
     if no_mode:

@@ -61,11 +61,38 @@ class RunRecord:
         return self.status == "ok"
 
 
-_SCHEMA = pa.schema([
-    pa.field(f.name, {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}[_t])
-    for f in dataclasses.fields(RunRecord)
-    for _t in [f.type.split(" ")[0] if isinstance(f.type, str) else f.type.__name__]
-])
+def arrow_schema(record_type: type) -> pa.Schema:
+    """The Parquet schema of a record dataclass whose fields are int, float or str (optionally ``| None``)."""
+    kinds = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+    return pa.schema([pa.field(f.name, kinds[f.type.split(" ")[0] if isinstance(f.type, str) else f.type.__name__])
+                      for f in dataclasses.fields(record_type)])
+
+
+def write_row(rec: Any, out_dir: Path, stem: str) -> Path:
+    """Store the dataclass ``rec`` as its own Parquet file ``<out_dir>/<stem>__<time>__<random>.parquet``, atomically
+    (temporary name, fsync, rename): a crash never leaves a partial file and concurrent writers never collide."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{stem}__{time.strftime('%Y%m%d-%H%M%S')}__{uuid.uuid4().hex[:8]}.parquet"
+    tmp = out_dir / f".{name}.tmp"
+    pq.write_table(pa.Table.from_pylist([dataclasses.asdict(rec)], schema=arrow_schema(type(rec))), tmp)
+    with open(tmp, "rb") as fh:  # the bytes reach the disk before the rename makes them visible
+        os.fsync(fh.fileno())
+    os.replace(tmp, out_dir / name)
+    return out_dir / name
+
+
+def load_rows(folder: Path, record_type: type) -> pd.DataFrame:
+    """Every Parquet row file in ``folder`` as one DataFrame (columns = ``record_type``'s fields); a file that cannot
+    be read is skipped with a warning naming it."""
+    frames = []
+    for path in sorted(folder.glob("*.parquet")):
+        try:
+            frames.append(pq.read_table(path).to_pandas())
+        except (OSError, pa.ArrowException) as exc:
+            warnings.warn(f"skipping unreadable record {path}: {exc}", stacklevel=2)
+    if not frames:
+        return pd.DataFrame(columns=[f.name for f in dataclasses.fields(record_type)])
+    return pd.concat(frames, ignore_index=True)
 
 
 def config_hash(config: Any) -> str:
@@ -80,27 +107,9 @@ def records_dir(results_dir: str | Path) -> Path:
 
 def write_record(rec: RunRecord, results_dir: str | Path) -> Path:
     """Store ``rec`` as its own Parquet file, atomically; returns the path written."""
-    out_dir = records_dir(results_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"{rec.task}__{rec.model}__seed{rec.seed}__{stamp}__{uuid.uuid4().hex[:8]}.parquet"
-    table = pa.Table.from_pylist([dataclasses.asdict(rec)], schema=_SCHEMA)
-    tmp = out_dir / f".{name}.tmp"
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as fh:  # the bytes reach the disk before the rename makes them visible
-        os.fsync(fh.fileno())
-    os.replace(tmp, out_dir / name)
-    return out_dir / name
+    return write_row(rec, records_dir(results_dir), f"{rec.task}__{rec.model}__seed{rec.seed}")
 
 
 def load_records(results_dir: str | Path) -> pd.DataFrame:
     """All stored records under ``results_dir`` as a DataFrame (one row per record, columns = RunRecord fields)."""
-    frames = []
-    for path in sorted(records_dir(results_dir).glob("*.parquet")):
-        try:
-            frames.append(pq.read_table(path).to_pandas())
-        except (OSError, pa.ArrowException) as exc:
-            warnings.warn(f"skipping unreadable record {path}: {exc}", stacklevel=2)
-    if not frames:
-        return pd.DataFrame(columns=[f.name for f in dataclasses.fields(RunRecord)])
-    return pd.concat(frames, ignore_index=True)
+    return load_rows(records_dir(results_dir), RunRecord)

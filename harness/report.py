@@ -75,6 +75,8 @@ def _number(value) -> str:
 
 def _measured(column: str, status_column: str = "status"):
     def cell(r: pd.Series) -> str:
+        if r["status"] != "ok":  # the cell never got as far as this figure
+            return _status_word(r["status"])
         if r[status_column] != "ok":
             return _status_word(r[status_column])
         return "–" if pd.isna(r[column]) else _number(r[column])
@@ -109,13 +111,14 @@ def _efficiency_section(eff: pd.DataFrame, acc: pd.DataFrame, out_dir: Path) -> 
         lines += [f"### {device or 'unknown device'}: {setup}", "",
                   f"Suite {_unique(dev['suite'])}; memory: {kinds}; kernels: {_unique(dev['kernel_backend'])}; "
                   f"torch {_unique(dev['torch_version'])}; commit {_unique(dev['git_commit'])}.", ""]
-        gen = dev[dev["gen_status"].map(_status_word) != "n/a"]
+        no_step = set(dev.loc[dev["gen_status"].map(_status_word) == "n/a", "model"])  # no recurrent mode at all
+        gen = dev[~dev["model"].isin(no_step)]
         for title, wide in [
             ("Training speed (steps/s)", _wide(dev, _measured("train_steps_per_s"))),
             ("Step time (ms)", _wide(dev, _measured("train_step_ms"))),
             (f"Peak memory of a training step (MiB, {kinds})", _wide(dev, _measured("peak_mem_mib"))),
             ("Inference (samples/s)", _wide(dev, _measured("infer_samples_per_s"))),
-            (f"Generation (tokens/s over all sequences of a batch of {_unique(gen['gen_batch'])})",
+            (f"Generation (tokens/s over all sequences of a batch of {_unique(gen.loc[gen['gen_batch'] > 0, 'gen_batch'].astype(int))})",
              _wide(gen, _measured("gen_tokens_per_s", "gen_status")) if not gen.empty else None),
             ("Relative to the transformer at the same length: speed (steps/s ratio) / memory (MiB ratio), as in "
              "the LRA paper's Table 2 and the S4 paper's Table 3 (–: the transformer did not finish at that length)",

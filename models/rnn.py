@@ -30,7 +30,7 @@ class RNNLayer(nn.Module):
                                 bidirectional=bidirectional, dropout=rnn_dropout if n_rnn_layers > 1 else 0.0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
+        if mask is None or bool(mask.all()):  # no padding: skip packing (a packed GRU is ~4x slower on CPU)
             return self.rnn(x)[0]  # (B, L, H)
         lengths = mask.sum(1).clamp_min(1).cpu()
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
