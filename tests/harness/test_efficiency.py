@@ -27,6 +27,11 @@ def test_tiny_sweep_writes_a_record_per_cell(tmp_path):
     assert (df.peak_mem_mib >= 0).all() and set(df.peak_mem_kind) == {"cpu_rss_growth"}
     assert (df.gen_status == "ok").all() and (df.gen_len == [8, 8, 8, 8]).all()
     assert set(df.kernel_backend) == {"ref", "n/a"} and (df.device_name != "").all() and (df.git_commit != "").all()
+    report = (tmp_path / "REPORT.md").read_text()  # the suite's report, from those records
+    pngs = sorted((tmp_path / "plots").glob("*.png"))
+    assert {p.name.split("__")[0] for p in pngs} >= {"speed_vs_length", "memory_vs_length", "generation"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plots/{p.name}" in report for p in pngs)
+    assert "Training speed (steps/s)" in report and "s4d" in report
 
 
 def test_out_of_memory_at_one_size_is_recorded_and_the_longer_sizes_skipped(tmp_path):
