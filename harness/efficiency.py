@@ -199,6 +199,7 @@ def measure_cell(model: str, length: int, cfg: EfficiencyConfig) -> dict[str, An
     from harness.measure import PeakMemory, synchronize
     from harness.optim import param_groups
     from models.backbone import build_model
+    from models.registry import kernel_backends
     from tasks import task_spec
 
     device = resolve_device(cfg.device)
@@ -226,8 +227,7 @@ def measure_cell(model: str, length: int, cfg: EfficiencyConfig) -> dict[str, An
         train_step()
     first = time.perf_counter() - t0
     out.update(peak_mem_mib=mem.peak_mib, peak_mem_kind=mem.kind)
-    backends = sorted({str(m.kernel_backend) for m in net.modules() if hasattr(m, "kernel_backend")})
-    out["kernel_backend"] = ",".join(backends) or "n/a"
+    out["kernel_backend"] = kernel_backends(net)
     if first > cfg.cell_budget_s:
         return {**out, "status": "over_budget", "train_step_ms": 1000 * first}
     for _ in range(cfg.warmup - 1):
@@ -281,6 +281,7 @@ def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | 
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(cells), desc=f"efficiency ({dev.type})", unit="cell")
+    fields = {f.name for f in dataclasses.fields(EfficiencyRecord)}
     records, stopped, t_start = [], {}, time.perf_counter()
     for model, length in cells:
         if bar is not None:
@@ -294,7 +295,6 @@ def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | 
             if result["status"] in ("oom", "over_budget"):
                 stopped[model] = f"{result['status']} at L={length}"
         settings = result.pop("settings", None)
-        fields = {f.name for f in dataclasses.fields(EfficiencyRecord)}
         rec = EfficiencyRecord(model=model, seq_len=length, **base,
                                **{k: v for k, v in result.items() if k in fields})
         if settings is not None:

@@ -13,6 +13,7 @@ the task's shape (``tasks.task_spec``).
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ def parameter_table(cfg: DictConfig, tasks: list[str] | None = None, models: lis
 def match_d_model(cfg: DictConfig, task: str, model: str, target: int, multiple: int = 8) -> tuple[int, int]:
     """The d_model (a multiple of ``multiple``) whose total parameter count for (task, model) is closest to
     ``target``, other settings as resolved; returns (d_model, count). Counts grow with d_model, so bisection."""
+    @functools.cache  # each count builds a model: the final comparison reuses the bisection's
     def count(d: int) -> int:
         sub = cfg.copy()
         OmegaConf.set_struct(sub, False)

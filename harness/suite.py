@@ -35,7 +35,7 @@ from harness.report import write_report
 from harness.tables import write_tables
 from harness.train import TrainConfig, fit
 from models.backbone import build_model
-from models.registry import list_layers
+from models.registry import kernel_backends, list_layers
 from tasks.registry import DatasetMissingError, build_task, list_tasks
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,8 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
         net = build_model(run_cfg["model"]["name"], t.spec, run_cfg["model"].get("backbone"),
                           run_cfg["model"].get("hparams"))
         rec = fit(net, t, TrainConfig(**run_cfg["train"]), model_name=model)
-        backends = sorted({str(m.kernel_backend) for m in net.modules() if hasattr(m, "kernel_backend")})
         return replace(rec, suite=base["suite"], config=base["config"], config_hash=base["config_hash"],
-                       task_info=_json(t.spec.info), kernel_backend=",".join(backends) or "n/a",
+                       task_info=_json(t.spec.info), kernel_backend=kernel_backends(net),
                        comparison=str(run_cfg["model"].get("comparison", "")))
     except DatasetMissingError as exc:
         status = f"skipped: data not found: {exc}"

@@ -13,7 +13,7 @@ from torch import nn
 
 from harness.registry import Registry
 
-__all__ = ["register_layer", "build_layer", "list_layers"]
+__all__ = ["register_layer", "build_layer", "list_layers", "kernel_backends"]
 
 _LAYERS: Registry[Callable[..., nn.Module]] = Registry("layer")
 
@@ -41,3 +41,8 @@ def build_layer(name: str, d_model: int, l_max: int, **hparams: Any) -> nn.Modul
         TypeError: a hyperparameter the layer does not accept (the message lists those it does).
     """
     return _LAYERS.build(name, {"d_model": d_model, "l_max": l_max}, hparams)
+
+
+def kernel_backends(model: nn.Module) -> str:
+    """The kernel backends the model's layers chose (their ``kernel_backend`` attributes), for records; "n/a" if none."""
+    return ",".join(sorted({str(m.kernel_backend) for m in model.modules() if hasattr(m, "kernel_backend")})) or "n/a"

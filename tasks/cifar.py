@@ -24,6 +24,7 @@ does (split_seed 42 gives S4's 45,000 / 5,000 split); the test split is the 10,0
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -281,10 +282,7 @@ def _build(task: str, data_dir: Path, mode: str, source: str, path: str | None, 
         mean, std = (RGB_MEAN, RGB_STD) if mode == "rgb" else ((GRAY_MEAN,), (GRAY_STD,))
         info["normalization"] = {"mean": list(mean), "std": list(std), "of": "pixel / 255",
                                  "source": "state-spaces/s4 src/dataloaders/basic.py"}
-    tokens = mode == "tokens"
-    spec = TaskSpec(name=task, n_classes=N_CLASSES, l_max=L, chance_acc=1.0 / N_CLASSES,
-                    vocab_size=257 if tokens else None, d_input=None if tokens else (3 if mode == "rgb" else 1),
-                    pad_id=0, info=info)
+    spec = dataclasses.replace(_shape(task, {"input_mode": mode}), info=info)
     loaders = {s: make_loader(ds, batch_size, shuffle=(s == "train"), seed=seed, collate_fn=pad_collate,
                               num_workers=num_workers) for s, ds in sets.items()}
     return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])

@@ -8,6 +8,7 @@ at chance (1 / n_classes). Generated in memory from ``data_seed``; nothing is do
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -58,9 +59,8 @@ def first_token(data_dir: Path, length: int = 1024, n_classes: int = 10, n_noise
         tokens = torch.randint(n_classes + 1, n_classes + n_noise + 1, (n, length), generator=gen)  # (n, L) noise
         tokens[:, 0] = torch.randint(1, n_classes + 1, (n,), generator=gen)
         sets[split] = _Sequences(tokens)
-    spec = TaskSpec(name="first_token", n_classes=n_classes, l_max=length, chance_acc=1.0 / n_classes,
-                    vocab_size=n_classes + n_noise + 1,
-                    info={"length": length, "n_noise": n_noise, "n_examples": sizes, "data_seed": data_seed})
+    spec = dataclasses.replace(_shape({"n_classes": n_classes, "length": length, "n_noise": n_noise}),
+                               info={"length": length, "n_noise": n_noise, "n_examples": sizes, "data_seed": data_seed})
     loaders = {split: make_loader(ds, batch_size, shuffle=(split == "train"), seed=seed, collate_fn=pad_collate,
                                   num_workers=num_workers) for split, ds in sets.items()}
     return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])

@@ -10,6 +10,7 @@ Parentheses are dropped; ``]`` is its own token. Batches: inputs (B, L) int64, l
 """
 from __future__ import annotations
 
+import dataclasses
 import csv
 import hashlib
 import json
@@ -213,8 +214,7 @@ def listops(data_dir: Path, variant: str = "lra", release_dir: str | None = None
             "n_examples": {split: len(ds) for split, ds in sets.items()},
             "n_truncated": {split: ds.n_truncated for split, ds in sets.items()},
             "majority_frac": float(test_counts.max() / max(1, test_counts.sum()))}
-    spec = TaskSpec(name="listops", n_classes=N_CLASSES, l_max=l_max, chance_acc=1.0 / N_CLASSES,
-                    vocab_size=len(VOCAB), pad_id=0, info=info)
+    spec = dataclasses.replace(_shape({"l_max": l_max}), info=info)
     loaders = {split: make_loader(ds, batch_size, shuffle=(split == "train"), seed=seed, collate_fn=pad_collate,
                                   num_workers=num_workers) for split, ds in sets.items()}
     return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])

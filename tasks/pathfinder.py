@@ -30,6 +30,7 @@ by ``torch.randperm(N)`` under ``split_seed``: the same partition as s4's ``rand
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -241,9 +242,7 @@ def _build(task: str, size: int, data_dir: Path, difficulty: str, source: str | 
             "flatten": "row-major", "split": "80/10/10 by torch.randperm", "split_seed": split_seed,
             "n_examples": {split: len(ds) for split, ds in sets.items()},
             "positive_frac": {split: float(labels[idx].mean()) for split, idx in splits.items()}}
-    l_max = size * size
-    spec = TaskSpec(name=task, n_classes=2, l_max=l_max, chance_acc=0.5, info=info,
-                    **({"vocab_size": 257} if input_mode == "tokens" else {"d_input": 1}))
+    spec = dataclasses.replace(_shape(task, size, {"input_mode": input_mode}), info=info)
     loaders = {split: make_loader(ds, batch_size, shuffle=(split == "train"), seed=seed, collate_fn=pad_collate,
                                   num_workers=num_workers) for split, ds in sets.items()}
     return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])

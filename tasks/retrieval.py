@@ -24,6 +24,7 @@ then held flat (uint8 arrays plus offsets).
 """
 from __future__ import annotations
 
+import dataclasses
 import csv
 import functools
 from pathlib import Path
@@ -201,8 +202,7 @@ def retrieval(data_dir: Path, release_dir: str | None = None, l_max: int = 4000,
             "n_examples": {split: len(ds) for split, ds in sets.items()},
             "n_truncated": {split: ds.n_truncated for split, ds in sets.items()},
             "majority_frac": float(test_counts.max() / test_counts.sum())}
-    spec = TaskSpec(name="retrieval", n_classes=2, l_max=l_max, chance_acc=0.5, vocab_size=VOCAB_SIZE,
-                    dual_input=True, pad_id=0, info=info)
+    spec = dataclasses.replace(_shape({"l_max": l_max}), info=info)
     collate = functools.partial(pad_collate, keys=PAIR_KEYS)
     loaders = {split: make_loader(ds, batch_size, shuffle=(split == "train"), seed=seed, collate_fn=collate,
                                   num_workers=num_workers) for split, ds in sets.items()}

@@ -44,6 +44,7 @@ The arrays are memory-mapped, so sc35 (3.4 GB of int16) is never loaded whole.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -452,10 +453,10 @@ def speech_commands(data_dir: Path, subset: str = "sc10", features: str = "raw",
     splits = _limit(splits, limits, split_seed)
 
     if features == "raw":
-        array_path, scale, d, l_max = folder / "waves.npy", 1.0 / 32768.0, 1, CLIP_SAMPLES
+        array_path, scale, d = folder / "waves.npy", 1.0 / 32768.0, 1
         feature_params: dict[str, Any] = {"sample_rate": SAMPLE_RATE, "scale": "int16 / 32768"}
     else:
-        array_path, scale, d, l_max = ensure_mfcc(folder, progress), 1.0, MFCC_PARAMS["n_mfcc"], N_FRAMES
+        array_path, scale, d = ensure_mfcc(folder, progress), 1.0, MFCC_PARAMS["n_mfcc"]
         feature_params = dict(MFCC_PARAMS)
     s4_mode = "channel" if features == "mfcc" else "position"
     mode = s4_mode if normalize == "auto" else normalize
@@ -481,8 +482,7 @@ def speech_commands(data_dir: Path, subset: str = "sc10", features: str = "raw",
             "majority_frac": float(test_counts.max() / max(1, test_counts.sum())),
             # the published setup: the full archive as the reference code saw it, S4's normalisation, no limits
             "benchmark": published and all(v is None for v in limits.values()) and mode == s4_mode}
-    spec = TaskSpec(name="speech_commands", n_classes=len(words), l_max=l_max, chance_acc=1.0 / len(words),
-                    d_input=d, info=info)
+    spec = dataclasses.replace(_shape({"subset": subset, "features": features}), info=info)
     loaders = {s: make_loader(ds, batch_size, shuffle=(s == "train"), seed=seed, collate_fn=pad_collate,
                               num_workers=num_workers) for s, ds in sets.items()}
     return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])

@@ -28,6 +28,7 @@ uint8 array plus offsets per split), not as Python lists. Batches: inputs (B, L)
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -332,7 +333,7 @@ def text(data_dir: Path, source: str = "auto", path: str | None = None, l_max: i
             "n_truncated": {s: ds.n_truncated for s, ds in sets.items()},
             "n_empty": {s: ds.n_empty for s, ds in sets.items()},
             "majority_frac": float(test_counts.max() / test_counts.sum())}
-    spec = TaskSpec(name="text", n_classes=2, l_max=l_max, chance_acc=0.5, vocab_size=VOCAB_SIZE, pad_id=0, info=info)
+    spec = dataclasses.replace(_shape({"l_max": l_max}), info=info)
     loaders = {s: make_loader(ds, batch_size, shuffle=(s == "train"), seed=seed, collate_fn=pad_collate,
                               num_workers=num_workers) for s, ds in sets.items()}
     return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])
