@@ -77,6 +77,13 @@ class PeakMemory:
             self._peak = max(self._peak, _rss_bytes())
 
     @property
+    def peak_mib_so_far(self) -> float:
+        """The peak up to now, inside the region (as ``peak_mib``)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return max(self._peak - self._base, 0) / 2**20
+
+    @property
     def peak_mib(self) -> float:
         """Peak over the region in MiB: absolute allocated bytes on CUDA, growth over the start on CPU."""
         peak = self._peak if self.device.type == "cuda" else self._peak - self._base

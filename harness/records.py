@@ -45,6 +45,8 @@ class RunRecord:
     epochs: float | None = None
     steps: int | None = None
     final_train_loss: float | None = None
+    resumed_from_step: int | None = None       # the step of the checkpoint this run last resumed from
+    world_size: int | None = None              # data-parallel processes (torchrun); 1 otherwise
     kernel_backend: str = ""                   # kernels chosen automatically (S4 family), else "n/a"
     comparison: str = ""                       # parameter rule of the recipe: "apples-to-apples" | "free-for-all" | ""
     device: str = ""                           # "cpu" | "cuda"

@@ -27,10 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import models  # noqa: F401  (registers the layers)
 import tasks  # noqa: F401  (registers the tasks)
+from harness.checkpoint import Checkpointer, RunLock
+from harness.distributed import barrier, broadcast, init_from_env, is_main, local_device, shutdown
 from harness.efficiency import EfficiencyConfig, run_efficiency
 from harness.env import device_name, git_commit, resolve_device
 from harness.measure import is_oom
-from harness.records import RunRecord, config_hash, write_record
+from harness.records import RunRecord, config_hash, load_records, write_record
 from harness.report import write_report
 from harness.tables import write_tables
 from harness.train import TrainConfig, fit
@@ -122,20 +124,44 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
-    """Run one (task, model, seed) and return its record; never raises for a failure of the run itself."""
+def run_hash(run_cfg: dict) -> str:
+    """The identity of a run's experiment: the hash of its resolved config without the settings that cannot change
+    its results (progress bars, checkpoint intervals)."""
+    train = {k: v for k, v in run_cfg["train"].items() if k not in UNHASHED_TRAIN_KEYS}
+    return config_hash({**run_cfg, "train": train})
+
+
+UNHASHED_TRAIN_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_every_s")
+FINISHED = ("ok", "diverged")  # outcomes a restart keeps; oom / error / skipped runs are tried again
+
+
+def checkpoint_path(results_dir: str | Path, task: str, model: str, seed: int) -> Path:
+    return Path(results_dir) / "checkpoints" / f"{task}__{model}__seed{seed}.pt"
+
+
+def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str | Path | None = None,
+            lock: RunLock | None = None) -> RunRecord:
+    """Run one (task, model, seed) and return its record; never raises for a failure of the run itself.
+
+    With ``results_dir`` the run checkpoints into ``<results_dir>/checkpoints/`` and first resumes from a checkpoint
+    of the same config found there (one of another config is refused: the run's record says so)."""
     dev_type = "cpu"
     base = dict(task=task, model=model, seed=seed, suite=str(cfg.suite_name), torch_version=torch.__version__,
                 git_commit=git_commit())
     try:
         dev_type = resolve_device(cfg.device).type
         run_cfg = resolve_run_config(cfg, task, model, seed)
-        base.update(config=_json(run_cfg), config_hash=config_hash(run_cfg))
+        base.update(config=_json(run_cfg), config_hash=run_hash(run_cfg))
+        train_cfg = TrainConfig(**{**run_cfg["train"], "device": local_device(str(cfg.device))})
+        checkpointer = None
+        if results_dir is not None:
+            checkpointer = Checkpointer(checkpoint_path(results_dir, task, model, seed), base["config_hash"],
+                                        train_cfg.checkpoint_every_steps, train_cfg.checkpoint_every_s, lock)
         t = build_task(task, run_cfg["data_dir"], seed=seed, **run_cfg["task"]["options"])
         _seed_everything(seed)
         net = build_model(run_cfg["model"]["name"], t.spec, run_cfg["model"].get("backbone"),
                           run_cfg["model"].get("hparams"))
-        rec = fit(net, t, TrainConfig(**run_cfg["train"]), model_name=model)
+        rec = fit(net, t, train_cfg, model_name=model, checkpointer=checkpointer)
         return replace(rec, suite=base["suite"], config=base["config"], config_hash=base["config_hash"],
                        task_info=_json(t.spec.info), kernel_backend=kernel_backends(net),
                        comparison=str(run_cfg["model"].get("comparison", "")))
@@ -154,6 +180,31 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int) -> RunRecord:
     return RunRecord(status=status[:2000], device=dev_type, device_name=device_name(dev_type), **base)
 
 
+def _plan(cfg: DictConfig, task: str, model: str, seed: int, results_dir: Path) -> tuple[str, str, RunLock | None]:
+    """(action, why, lock) for one run, decided by rank 0: ``run`` (lock taken), ``finished`` (a record of the same
+    experiment with a final status exists) or ``busy`` (another process holds the run's lock)."""
+    ckpt = checkpoint_path(results_dir, task, model, seed)
+    try:
+        h = run_hash(resolve_run_config(cfg, task, model, seed))
+    except Exception:  # noqa: BLE001 - run_one records the error
+        h = None
+    if h is not None and cfg.get("resume", True):
+        df = load_records(results_dir)
+        done = df[(df.task == task) & (df.model == model) & (df.seed == seed) & (df.config_hash == h)
+                  & df.status.isin(FINISHED)] if len(df) else df
+        if len(done):
+            if ckpt.exists() and not ckpt.with_suffix(".lock").exists():
+                ckpt.unlink(missing_ok=True)  # left by a kill between the record's write and the checkpoint's removal
+            return "finished", f"{done.iloc[-1].status} record of config {h} from {done.iloc[-1].timestamp}", None
+    lock = RunLock(ckpt.with_suffix(".lock"), stale_s=float(cfg.get("lock_stale_s", 3600)))
+    holder = lock.acquire()
+    if holder is not None:
+        return "busy", f"being trained by {holder}", None
+    if not cfg.get("resume", True):
+        ckpt.unlink(missing_ok=True)
+    return "run", "", lock
+
+
 def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
@@ -169,14 +220,38 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
             if name not in known:  # said at once, not only after hours of other runs
                 log.error("unknown %s %r; known: %s. Its runs will be recorded as errors.", group, name, ", ".join(known))
     eff_cfg, eff_models = efficiency_settings(cfg)  # a misspelt efficiency key fails before hours of training
+    distributed = init_from_env(str(cfg.device))
+    if not is_main():
+        logging.getLogger().setLevel(logging.WARNING)
     records = []
     for i, (task, model, seed) in enumerate(combos, 1):
+        action, why, lock = _plan(cfg, task, model, seed, results_dir) if is_main() else (None, None, None)
+        action, why = broadcast((action, why))
+        if action != "run":
+            log.info("[%d/%d] %s / %s / seed %d: %s (%s)%s", i, len(combos), task, model, seed,
+                     "finished already" if action == "finished" else "skipped here", why,
+                     "; resume=false runs it again" if action == "finished" else "")
+            continue
         log.info("[%d/%d] %s / %s / seed %d", i, len(combos), task, model, seed)
-        rec = run_one(cfg, task, model, seed)
-        path = write_record(rec, results_dir)
+        try:
+            rec = run_one(cfg, task, model, seed, results_dir, lock)
+            if is_main():
+                path = write_record(rec, results_dir)
+                if rec.status in FINISHED:
+                    checkpoint_path(results_dir, task, model, seed).unlink(missing_ok=True)
+        finally:
+            if lock is not None:
+                lock.release()
+        barrier()
         records.append(rec)
         log.info("[%d/%d] %s / %s / seed %d: %s%s  (%s)", i, len(combos), task, model, seed, rec.status.splitlines()[0][:300],
-                 f", test acc {rec.test_acc:.4f}, {rec.wall_s:.0f} s" if rec.test_acc is not None else "", path.name)
+                 f", test acc {rec.test_acc:.4f}, {rec.wall_s:.0f} s" if rec.test_acc is not None else "",
+                 path.name if is_main() else "")
+    main = is_main()
+    if distributed:
+        shutdown()
+    if not main:  # tables, efficiency and report: rank 0's alone
+        return records, {}
     paths = write_tables(results_dir)
     if eff_cfg is not None:
         log.info("efficiency: %d models x lengths %s", len(eff_models), list(eff_cfg.lengths))
@@ -205,4 +280,4 @@ def efficiency_settings(cfg: DictConfig) -> tuple[EfficiencyConfig | None, list[
     return eff, models
 
 
-__all__ = ["efficiency_settings", "resolve_run_config", "run_one", "run_suite"]
+__all__ = ["checkpoint_path", "efficiency_settings", "resolve_run_config", "run_hash", "run_one", "run_suite"]

@@ -3,24 +3,36 @@
 AdamW with groups from per-parameter hints, cosine schedule with linear warm-up, gradient clipping;
 validation each epoch (and at the end of a budget-cut run); test accuracy at the best-validation
 state, restored first, so the test set never picks anything.
+
+Optional: bf16/fp16 autocast (``precision``; fp16 with gradient scaling; layers keep their own precision-critical
+parts, such as the S4 kernel, in float32), data parallelism across the ranks of ``torchrun`` (harness/distributed.py),
+and checkpoints to resume from (harness/checkpoint.py): a resumed run continues with the same batches, RNG streams,
+schedule and budget, so on CPU it ends with the same metrics as a run never interrupted.
 """
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from harness.checkpoint import CheckpointMismatch, Checkpointer
+from harness.distributed import EpochBatches, all_sum, broadcast, gather, loader_with, rank_world, shard_batches
 from harness.env import device_name, git_commit, resolve_device
 from harness.measure import PeakMemory, StepTimer
 from harness.optim import cosine_with_warmup, param_groups
 from harness.records import RunRecord
 from tasks.registry import Task
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -35,10 +47,17 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0              # max global grad norm; 0 turns clipping off
     measure_warmup_steps: int = 5       # steps excluded from the throughput figure
-    eval_max_batches: int | None = None  # cap on validation batches (None: the whole split)
+    eval_max_batches: int | None = None  # cap on validation batches (None: the whole split; per rank under torchrun)
+    precision: str = "fp32"             # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaling)
+    checkpoint_every_steps: int | None = None  # interval saves (when the caller gives a Checkpointer) ...
+    checkpoint_every_s: float | None = 600.0   # ... by steps and/or time; every epoch end saves too
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -49,109 +68,176 @@ def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**{k: v for k, v in batch.items() if k != "labels"})
 
 
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: torch.device, max_batches: int | None = None) -> float:
-    """Accuracy in [0, 1] over (up to ``max_batches`` of) a loader."""
+def evaluate(model: nn.Module, loader: Any, device: torch.device, max_batches: int | None = None,
+             precision: str = "fp32") -> float:
+    """Accuracy in [0, 1] over (up to ``max_batches`` of) a loader; summed over ranks under torchrun."""
     model.eval()
     correct = total = 0
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         batch = _to(batch, device)
-        correct += (_logits(model, batch).argmax(-1) == batch["labels"]).sum().item()
+        with _autocast(device, precision):
+            correct += (_logits(model, batch).argmax(-1) == batch["labels"]).sum().item()
         total += batch["labels"].numel()
     model.train()
+    correct, total = all_sum([correct, total], device)
     return correct / max(total, 1)
 
 
-def _batches(loader: Any, epochs: float) -> Iterator[tuple[float, dict]]:
-    """(fractional epoch at the end of the batch, batch), for ``epochs`` passes (the last one may be partial)."""
-    n = len(loader)
-    total = math.ceil(epochs * n)
-    step = 0
-    while step < total:
-        for batch in loader:
-            step += 1
-            yield step / n, batch
-            if step >= total:
-                return
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None = None) -> RunRecord:
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None = None,
+        checkpointer: Checkpointer | None = None) -> RunRecord:
     """Train ``model`` on ``task`` and measure it.
 
     Args:
         model: a classifier taking a task batch (minus labels) as keyword arguments and returning logits.
-        task: the task's spec and loaders.
-        cfg: optimisation and budget settings.
+        task: the task's spec and loaders (their datasets, batch sizes and collate functions are used; the batch order
+            is the harness's own, a function of seed and epoch).
+        cfg: optimisation, precision and budget settings.
         model_name: name for the record (default: the model's ``layer_name`` attribute).
+        checkpointer: where to save (and first try to resume from) the training state; None: no checkpoints.
 
     Returns:
         A RunRecord with status ``ok`` or ``diverged`` (other failures propagate to the caller, which records them).
+
+    Raises:
+        CheckpointMismatch: the checkpoint to resume from belongs to another config or does not fit the model.
     """
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
+    rank, world = rank_world()
     torch.manual_seed(cfg.seed)
     model = model.to(device).train()
-    n_steps = math.ceil(cfg.epochs * len(task.train))
+    net = model if world == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    n_train, batch_size = len(task.train.dataset), task.train.batch_size
+
+    def epoch_batches(epoch: int, skip: int = 0) -> EpochBatches:
+        return EpochBatches(n_train, batch_size, True, cfg.seed, epoch, skip, rank, world)
+
+    def eval_loader(loader: Any) -> Any:
+        return loader_with(loader, shard_batches(len(loader.dataset), loader.batch_size, rank, world))
+
+    per_epoch = len(epoch_batches(0))
+    n_steps = math.ceil(cfg.epochs * per_epoch)
     if cfg.max_steps is not None:
         n_steps = min(n_steps, cfg.max_steps)
     opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
     warmup = max(cfg.warmup_steps, round(cfg.warmup_frac * n_steps))
     sched = cosine_with_warmup(opt, warmup, n_steps, cfg.min_lr_ratio)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     timer = StepTimer(device, cfg.measure_warmup_steps)
+    val_loader = eval_loader(task.val)
     best_val, best_state, status, step, loss_val = -1.0, None, "ok", 0, float("nan")
+    resumed_from, peak_before = None, 0.0
+
+    saved = checkpointer.load() if checkpointer is not None else None
+    if saved is not None:
+        try:
+            model.load_state_dict(saved["model"])
+        except RuntimeError as exc:
+            raise CheckpointMismatch(f"checkpoint {checkpointer.path} does not fit this model: {exc}") from exc
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        step, best_val, best_state, loss_val = saved["step"], saved["best_val"], saved["best_state"], saved["loss"]
+        timer.n_steps, timer.seconds, timer.samples, timer.tokens = saved["timer"]
+        peak_before, resumed_from = saved["peak_mem_mib"], saved["step"]
+        t_start = time.perf_counter() - saved["elapsed_s"]
+        rngs = saved["rng"]
+        _set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])  # another world size: rank 0's streams
 
     def validate() -> None:
         nonlocal best_val, best_state
-        acc = evaluate(model, task.val, device, cfg.eval_max_batches)
+        acc = evaluate(model, val_loader, device, cfg.eval_max_batches, cfg.precision)
         if acc > best_val:
             best_val, best_state = acc, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{loss_val:.3f}", val_acc=f"{acc:.3f}", best=f"{best_val:.3f}")
 
-    bar = tqdm(total=n_steps, desc=f"{task.spec.name}/{model_name or getattr(model, 'layer_name', '?')}",
-               disable=not cfg.progress, leave=False, dynamic_ncols=True, mininterval=1.0)
+    def save(peak_mib: float) -> None:
+        rngs = gather(_rng_state())
+        if rank == 0:
+            checkpointer.save({
+                "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rngs, "best_val": best_val, "best_state": best_state,
+                "loss": loss_val, "elapsed_s": time.perf_counter() - t_start, "peak_mem_mib": peak_mib,
+                "timer": (timer.n_steps, timer.seconds, timer.samples, timer.tokens)})
+
+    bar = tqdm(total=n_steps, initial=step, desc=f"{task.spec.name}/{model_name or getattr(model, 'layer_name', '?')}",
+               disable=not cfg.progress or rank != 0, leave=False, dynamic_ncols=True, mininterval=1.0)
     with PeakMemory(device) as mem:
-        last_epoch_validated = 0
-        for epoch, batch in _batches(task.train, n_steps / len(task.train)):
-            batch = _to(batch, device)
-            timer.start()
-            loss = F.cross_entropy(_logits(model, batch), batch["labels"])
-            if not torch.isfinite(loss):
-                status = "diverged"
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            tokens = int(batch["lengths"].sum()) + int(batch.get("lengths2", torch.zeros(1)).sum())
-            timer.stop(samples=batch["labels"].numel(), tokens=tokens)
-            step += 1
-            loss_val = loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}", best=f"{best_val:.3f}")
-            over_budget = cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s
-            if int(epoch) > last_epoch_validated or step == n_steps or over_budget:
-                last_epoch_validated = int(epoch)
-                validate()
-            if over_budget:
-                break
+        stop = step >= n_steps
+        while not stop:
+            epoch, skip = divmod(step, per_epoch)
+            batches = epoch_batches(epoch, skip)
+            for b, batch in enumerate(loader_with(task.train, batches), start=skip):
+                batch = _to(batch, device)
+                n_global = batches.global_size(b)
+                timer.start()
+                with _autocast(device, cfg.precision):
+                    logits = _logits(net, batch)
+                loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+                tokens = int(batch["lengths"].sum()) + int(batch.get("lengths2", torch.zeros(1)).sum())
+                total_loss, tokens = all_sum([loss_sum.item(), tokens], device)
+                if not math.isfinite(total_loss):
+                    status, stop = "diverged", True
+                    break
+                opt.zero_grad(set_to_none=True)
+                # each rank's sum over its part, x world / global batch: DDP's average is the global batch's mean
+                scaler.scale(loss_sum * (world / n_global)).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                timer.stop(samples=n_global, tokens=int(tokens))
+                step, loss_val = step + 1, total_loss / n_global
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_val:.3f}", best=f"{best_val:.3f}")
+                over_budget = cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s
+                due = checkpointer is not None and checkpointer.due(step)
+                over_budget, due = broadcast((over_budget, due))  # rank 0's clock decides for all
+                end_of_epoch = b + 1 == batches.n_batches
+                if end_of_epoch or step == n_steps or over_budget:
+                    validate()
+                stop = over_budget or step >= n_steps
+                if checkpointer is not None and not stop and (end_of_epoch or due):
+                    save(max(peak_before, mem.peak_mib_so_far))
+                if stop:
+                    break
     bar.close()
 
     test_acc = None
     if best_state is not None:
         model.load_state_dict(best_state)
-        test_acc = evaluate(model, task.test, device)
+        test_acc = evaluate(model, eval_loader(task.test), device, precision=cfg.precision)
     samples_per_s, tokens_per_s = timer.rates()
     return RunRecord(
         task=task.spec.name, model=model_name or getattr(model, "layer_name", type(model).__name__), seed=cfg.seed,
         status=status, test_acc=test_acc, best_val_acc=best_val if best_val >= 0 else None,
         chance_acc=task.spec.chance_acc, train_samples_per_s=samples_per_s, train_tokens_per_s=tokens_per_s,
-        peak_mem_mib=mem.peak_mib, peak_mem_kind=mem.kind, wall_s=time.perf_counter() - t_start,
-        n_params=sum(p.numel() for p in model.parameters()), epochs=step / len(task.train), steps=step,
-        final_train_loss=loss_val if math.isfinite(loss_val) else None,
+        peak_mem_mib=max(peak_before, mem.peak_mib), peak_mem_kind=mem.kind, wall_s=time.perf_counter() - t_start,
+        n_params=sum(p.numel() for p in model.parameters()), epochs=step / per_epoch, steps=step,
+        final_train_loss=loss_val if math.isfinite(loss_val) else None, resumed_from_step=resumed_from, world_size=world,
         device=device.type, device_name=device_name(device.type), torch_version=torch.__version__,
         git_commit=git_commit(),
     )

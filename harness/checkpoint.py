@@ -1,0 +1,190 @@
+"""Checkpoints that survive ``kill -9``, and per-run locks, so a suite restarted after a crash resumes where it was.
+
+A run's checkpoint ``<results_dir>/checkpoints/<task>__<model>__seed<seed>.pt`` holds everything the training loop
+needs to continue as if never stopped: model, optimizer, schedule and gradient-scaler states, the RNG states of
+Python, NumPy and torch (CPU and every CUDA device; one set per rank under torchrun), the position in the data (the
+step; the batch order is a function of seed and epoch, see harness/distributed.py), the best validation accuracy with
+its weights, the elapsed training time (so a time budget keeps counting), the throughput counters and the peak
+memory so far. It is written to a temporary file, flushed to disk and renamed over the old one, so a kill at any
+moment leaves either the old or the new checkpoint, never a torn one.
+
+A checkpoint carries the hash of the resolved run config that wrote it; a run whose config hashes differently refuses
+it with a message saying how to proceed, rather than silently continuing another experiment. The checkpoint of a run
+is deleted once its record is stored.
+
+A lock ``<task>__<model>__seed<seed>.lock`` (created with O_EXCL, holding host and pid) keeps a second ``run_suite.py``
+on the same results folder from training the same run at the same time. A lock whose process is gone (same host, pid
+not alive), or that nobody has touched for ``stale_s`` seconds (another host), is stale and taken over with a warning.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bumped when the checkpoint layout changes; another format is refused like another config
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint exists for this run but was written by another config (or checkpoint format)."""
+
+
+@dataclass
+class Checkpointer:
+    """Where and how often one run saves its training state.
+
+    Args:
+        path: the checkpoint file.
+        config_hash: hash of the resolved config of the run; stored in, and checked against, the checkpoint.
+        every_steps: save every this many optimizer steps (None: not by steps).
+        every_s: save when this many seconds passed since the last save (None: not by time).
+    A checkpoint is also written at the end of every epoch.
+    """
+    path: Path
+    config_hash: str
+    every_steps: int | None = None
+    every_s: float | None = None
+    lock: "RunLock | None" = None  # touched at every save, so other hosts see the run is alive
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self._last_save = time.monotonic()
+        self.failed_saves = 0
+
+    def due(self, step: int) -> bool:
+        """Whether an interval save is due after ``step`` (end-of-epoch saves are the caller's)."""
+        by_steps = self.every_steps is not None and self.every_steps > 0 and step % self.every_steps == 0
+        by_time = self.every_s is not None and time.monotonic() - self._last_save >= self.every_s
+        return by_steps or by_time
+
+    def load(self) -> dict[str, Any] | None:
+        """The stored state, or None when there is none (an unreadable file is moved aside with a warning).
+
+        Raises:
+            CheckpointMismatch: the checkpoint was written by another config or format.
+        """
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            found_format, found_hash = state["format"], state["config_hash"]
+        except Exception as exc:  # truncated or corrupt: unusable, but kept for inspection
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.path, aside)
+            log.warning("checkpoint %s is unreadable (%s: %s); moved to %s, the run starts afresh",
+                        self.path, type(exc).__name__, exc, aside.name)
+            return None
+        if found_format != FORMAT or found_hash != self.config_hash:
+            what = (f"config {found_hash}, this run's config is {self.config_hash}" if found_format == FORMAT
+                    else f"checkpoint format {found_format}, this version reads format {FORMAT}")
+            raise CheckpointMismatch(
+                f"checkpoint {self.path} belongs to another experiment ({what}); not loaded. To resume it, run with the "
+                f"config that wrote it; to start this run afresh, delete the file or run with resume=false")
+        return state
+
+    def save(self, state: dict[str, Any]) -> bool:
+        """Write ``state`` atomically; on failure (e.g. a full disk) warn, keep the previous checkpoint, return False."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save({**state, "format": FORMAT, "config_hash": self.config_hash}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            self.failed_saves += 1
+            log.warning("checkpoint %s not written (%s); the previous one is kept and training goes on", self.path, exc)
+            return False
+        self._last_save = time.monotonic()
+        if self.lock is not None:
+            self.lock.touch()
+        return True
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive claim on one run in a results folder, for as long as one process trains it."""
+
+    def __init__(self, path: Path, stale_s: float = 3600.0):
+        self.path, self.stale_s = Path(path), stale_s
+        self.held = False
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _is_stale(self, holder: dict[str, Any] | None) -> bool:
+        if holder is None:  # empty or garbled: a writer died between create and write
+            try:
+                return time.time() - self.path.stat().st_mtime > 60
+            except OSError:
+                return True
+        if holder.get("host") == socket.gethostname():
+            return holder.get("pid") == os.getpid() or not _pid_alive(int(holder.get("pid", -1)))
+        try:
+            return time.time() - self.path.stat().st_mtime > self.stale_s
+        except OSError:
+            return True
+
+    def acquire(self) -> str | None:
+        """Take the lock; None on success, else who holds it (e.g. 'pid 123 on node7 since 2026-11-22T10:00:00')."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if not self._is_stale(holder):
+                    return (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" if holder
+                            else "a process that is writing its lock")
+                log.warning("removing stale lock %s (%s)", self.path,
+                            f"pid {holder.get('pid')} on {holder.get('host')} is gone" if holder else "unreadable")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, fh)
+            self.held = True
+            return None
+        return "a process that keeps re-creating the lock"
+
+    def touch(self) -> None:
+        """Show the lock is alive (for holders on other hosts, which judge staleness by age)."""
+        if self.held:
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+__all__ = ["CheckpointMismatch", "Checkpointer", "RunLock"]
