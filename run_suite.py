@@ -3,10 +3,12 @@
     python run_suite.py                                   # the default suite, `quick`
     python run_suite.py suite=quick 'models=[lstm]' train.max_steps=100
     python run_suite.py --cfg job                         # print the resolved configuration
+    torchrun --nproc_per_node=4 run_suite.py ...          # data parallel, same command line
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from harness.env import set_offline_defaults
@@ -26,6 +28,8 @@ log = logging.getLogger("run_suite")
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     records, paths = run_suite(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
     print()
     print(format_table_markdown(load_records(cfg.results_dir), tasks=list(cfg.tasks), models=list(cfg.models)))
     print()
