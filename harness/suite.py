@@ -227,10 +227,13 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     for i, (task, model, seed) in enumerate(combos, 1):
         action, why, lock = _plan(cfg, task, model, seed, results_dir) if is_main() else (None, None, None)
         action, why = broadcast((action, why))
-        if action != "run":
-            log.info("[%d/%d] %s / %s / seed %d: %s (%s)%s", i, len(combos), task, model, seed,
-                     "finished already" if action == "finished" else "skipped here", why,
-                     "; resume=false runs it again" if action == "finished" else "")
+        if action == "finished":
+            log.info("[%d/%d] %s / %s / seed %d: finished already (%s); resume=false runs it again",
+                     i, len(combos), task, model, seed, why)
+            continue
+        if action == "busy":
+            log.warning("[%d/%d] %s / %s / seed %d: skipped here (%s); its record will come from there",
+                        i, len(combos), task, model, seed, why)
             continue
         log.info("[%d/%d] %s / %s / seed %d", i, len(combos), task, model, seed)
         try:

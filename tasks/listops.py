@@ -89,8 +89,12 @@ def load_listops_splits(folder: Path, cache_dir: Path) -> dict[str, Any]:
 
     paths = {split: str(folder / name) for split, name in SPLIT_FILES.items()}
     for path in paths.values():
-        with open(path, encoding="utf-8", newline="") as f:
-            header, first = f.readline().rstrip("\r\n"), f.readline().strip()
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                header, first = f.readline().rstrip("\r\n"), f.readline().strip()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start}); the file is corrupt "
+                             "or not a ListOps TSV") from None
         if header != "Source\tTarget":
             raise ValueError(f"{path}, line 1: expected the header 'Source<TAB>Target', got {header!r}")
         if not first:
