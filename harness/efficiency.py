@@ -261,10 +261,36 @@ def _run_child(model: str, length: int, cfg: EfficiencyConfig, timeout_s: float)
     return {"status": f"error: exit code {proc.returncode}: {tail}"[:2000]}
 
 
+FINAL = ("ok", "oom", "over_budget")  # cell outcomes a restarted sweep keeps
+
+
+def _sweep_key(cfg: EfficiencyConfig) -> str:
+    """The settings that make two sweeps' cells comparable (not which models, nor the total budget)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("models", "total_budget_s")}
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _measured_before(results_dir: str | Path, cfg: EfficiencyConfig, hardware: str) -> dict[tuple[str, int], str]:
+    """{(model, length): status} of the cells already measured in ``results_dir`` by a sweep with the same settings on
+    the same hardware, with a final status."""
+    done = {}
+    for row in load_efficiency_records(results_dir).itertuples():
+        try:
+            stored = json.loads(row.config)
+        except (TypeError, ValueError):
+            continue
+        sweep = EfficiencyConfig(**stored.get("sweep", stored)) if isinstance(stored, dict) else None
+        if sweep is not None and row.status in FINAL and row.device_name == hardware and _sweep_key(sweep) == _sweep_key(cfg):
+            done[(row.model, int(row.seq_len))] = row.status
+    return done
+
+
 def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | Path, suite: str = "",
-                   progress: bool = True) -> list[EfficiencyRecord]:
+                   progress: bool = True, resume: bool = True) -> list[EfficiencyRecord]:
     """Measure every (model, length), all models at each length before the next, longer, one; store each record
-    as soon as it exists. Returns the records in that order."""
+    as soon as it exists. With ``resume``, cells that a sweep with the same settings already measured on this hardware
+    in ``results_dir`` are not measured again (a restarted suite picks up where it stopped). Returns the new records
+    in that order."""
     import torch
 
     from harness.env import device_name, git_commit, resolve_device
@@ -283,9 +309,17 @@ def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | 
         bar = tqdm(total=len(cells), desc=f"efficiency ({dev.type})", unit="cell")
     fields = {f.name for f in dataclasses.fields(EfficiencyRecord)}
     records, stopped, t_start = [], {}, time.perf_counter()
+    before = _measured_before(results_dir, cfg, base["device_name"]) if resume else {}
     for model, length in cells:
         if bar is not None:
             bar.set_postfix_str(f"{model} L={length}")
+        if (model, length) in before:
+            if before[model, length] != "ok":
+                stopped[model] = f"{before[model, length]} at L={length}"
+            log.info("efficiency %s L=%d: measured before (%s)", model, length, before[model, length])
+            if bar is not None:
+                bar.update()
+            continue
         if cfg.total_budget_s is not None and time.perf_counter() - t_start > cfg.total_budget_s:
             result = {"status": f"skipped: the sweep's total_budget_s ({cfg.total_budget_s:g} s) was spent"}
         elif model in stopped:

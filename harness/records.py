@@ -115,3 +115,31 @@ def write_record(rec: RunRecord, results_dir: str | Path) -> Path:
 def load_records(results_dir: str | Path) -> pd.DataFrame:
     """All stored records under ``results_dir`` as a DataFrame (one row per record, columns = RunRecord fields)."""
     return load_rows(records_dir(results_dir), RunRecord)
+
+
+def consolidate(results_dir: str | Path) -> Path:
+    """Gather every record of ``results_dir`` into one Parquet file, ``<results_dir>/records.parquet`` (atomically
+    replaced; the per-run files stay the source of truth). Safe while other processes still add records: a record
+    stored after the gathering is simply in the next consolidation."""
+    df = load_records(results_dir)
+    out = Path(results_dir) / "records.parquet"
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    table = pa.Table.from_pandas(df, schema=arrow_schema(RunRecord), preserve_index=False)
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, out)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m harness.records",
+                                     description="Gather the per-run record files of results folders into one Parquet file each.")
+    parser.add_argument("command", choices=["consolidate"])
+    parser.add_argument("results_dirs", nargs="+", type=Path)
+    args = parser.parse_args()
+    for folder in args.results_dirs:
+        path = consolidate(folder)
+        print(f"{path}: {pq.read_metadata(path).num_rows} records")

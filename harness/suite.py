@@ -259,7 +259,7 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     if eff_cfg is not None:
         log.info("efficiency: %d models x lengths %s", len(eff_models), list(eff_cfg.lengths))
         run_efficiency(eff_cfg, eff_models, results_dir, suite=str(cfg.suite_name),
-                       progress=bool(cfg.train.get("progress", True)))
+                       progress=bool(cfg.train.get("progress", True)), resume=bool(cfg.get("resume", True)))
     paths["report"] = write_report([results_dir], out=results_dir / "REPORT.md")
     return records, paths
 

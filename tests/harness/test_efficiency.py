@@ -41,6 +41,10 @@ def test_out_of_memory_at_one_size_is_recorded_and_the_longer_sizes_skipped(tmp_
     records = run_efficiency(cfg, ["transformer"], tmp_path, progress=False)
     assert [r.status for r in records] == ["ok", "oom", f"skipped: oom at L={2**18}"]
     assert load_efficiency_records(tmp_path).status.tolist().count("oom") == 1
+    # the same sweep again (a restarted suite): measured cells are kept, the OOM still stops the longer size
+    again = run_efficiency(cfg, ["transformer"], tmp_path, progress=False)
+    assert [(r.seq_len, r.status) for r in again] == [(2**19, f"skipped: oom at L={2**18}")]
+    assert len(run_efficiency(cfg, ["transformer"], tmp_path, progress=False, resume=False)) == 3
 
 
 def test_misspelt_efficiency_option_is_named(tmp_path):

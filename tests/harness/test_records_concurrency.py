@@ -4,7 +4,9 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
-from harness.records import RunRecord, load_records, write_record
+import pyarrow.parquet as pq
+
+from harness.records import RunRecord, consolidate, load_records, write_record
 
 WRITERS, PER_WRITER = 4, 25
 
@@ -20,6 +22,11 @@ def test_concurrent_writers_lose_no_record(tmp_path: Path):
     procs = [ctx.Process(target=_write_many, args=(str(tmp_path), w)) for w in range(WRITERS)]
     for p in procs:
         p.start()
+    seen = 0
+    while any(p.is_alive() for p in procs):  # consolidating while they write: always a whole, readable file
+        rows = pq.read_table(consolidate(tmp_path)).num_rows
+        assert rows >= seen
+        seen = rows
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
@@ -27,3 +34,6 @@ def test_concurrent_writers_lose_no_record(tmp_path: Path):
     assert len(files) == WRITERS * PER_WRITER and not [f for f in files if f.name.startswith(".")]  # no temporaries
     df = load_records(tmp_path)
     assert sorted(df.test_acc.round(6)) == [k / 1000 for k in range(WRITERS * PER_WRITER)]
+    merged = pq.read_table(consolidate(tmp_path)).to_pandas()
+    assert sorted(merged.test_acc.round(6)) == sorted(df.test_acc.round(6))
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]

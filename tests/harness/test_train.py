@@ -80,3 +80,19 @@ def test_budget_cut_still_validates_and_tests(shallow_listops):
     assert rec.steps == 7 and rec.best_val_acc is not None and rec.test_acc is not None
     rec = fit(model, shallow_listops, TrainConfig(epochs=10, time_budget_s=0.0, progress=False), model_name="lstm")
     assert rec.steps == 1 and rec.test_acc is not None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("layer", ["transformer", "s4"])
+def test_mixed_precision_training_runs_and_learns(shallow_listops, layer, precision):
+    torch.manual_seed(0)
+    model = build_model(layer, shallow_listops.spec, {"d_model": 32, "n_layers": 1, "dropout": 0.0})
+    rec = fit(model, shallow_listops, TrainConfig(max_steps=30, lr=3e-3, precision=precision, progress=False),
+              model_name=layer)
+    assert rec.status == "ok" and rec.steps == 30 and rec.final_train_loss < 2.2  # ln 10 = 2.30 at the start
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay float32
+
+
+def test_unknown_precision_is_named():
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; known: fp32, bf16, fp16"):
+        TrainConfig(precision="fp8")
