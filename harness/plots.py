@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import blended_transform_factory
 
 from harness.reference import published_accuracy, short_source
-from harness.tables import FAIL_AS_PCT, accuracy_long, non_benchmark_tasks
+from harness.tables import FAIL_AS_PCT, accuracy_long, non_benchmark_tasks, write_atomic
 
 __all__ = ["PlotFile", "MODEL_ORDER", "LRA_TASKS", "efficiency_table", "lra_average", "plot_speed_vs_length",
            "plot_memory_vs_length", "plot_generation", "plot_lra_chart", "length_label", "setup_label", "MEM_KIND"]
@@ -205,10 +205,8 @@ def _note(fig: Figure, text: str) -> None:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    """Write ``fig`` as a PNG atomically: concurrent jobs rewriting one report never leave a broken image."""
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ one markdown report: what was measured here and what is copied from papers, the 
 commits, the accuracy table, the efficiency tables per device (absolute, and relative to the transformer), the
 published reference figures with their sources and hardware, and the figures of ``harness.plots`` as PNG files
 in ``plots/`` beside the report (one set per device and setup, both in the file name), linked by relative paths.
-A missing kind of record leaves its section saying so.
+A missing kind of record leaves its section saying so. The report and every figure are replaced atomically, and
+the report is regenerated while records arrive during its writing, so the jobs of a sweep can all write it at once.
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness import plots
-from harness.efficiency import EfficiencyRecord, load_efficiency_records
-from harness.records import RunRecord, load_records
+from harness.efficiency import EfficiencyRecord, efficiency_dir, load_efficiency_records
+from harness.records import RunRecord, load_records, records_dir
 from harness.reference import published_efficiency
-from harness.tables import format_table_markdown
+from harness.tables import MAX_REWRITES, format_table_markdown, stored_files, write_atomic
 
 __all__ = ["write_report", "main"]
 
@@ -199,7 +200,17 @@ def write_report(results_dirs: list[Path], out: Path = Path("results/REPORT.md")
     """
     results_dirs = [Path(d) for d in results_dirs]
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    folders = [f(d) for d in results_dirs for f in (records_dir, efficiency_dir)]
+    for _ in range(MAX_REWRITES):   # again while records arrive meanwhile (a sweep's other jobs)
+        seen = stored_files(folders)
+        write_atomic(out, _report_text(results_dirs, out))
+        if stored_files(folders) == seen:
+            break
+    return out
+
+
+def _report_text(results_dirs: list[Path], out: Path) -> str:
+    """The report's markdown; writes its figures under ``out``'s folder on the way."""
     acc = _load_all(load_records, results_dirs, RunRecord)
     eff = _load_all(load_efficiency_records, results_dirs, EfficiencyRecord)
     lines = ["# Results report", "",
@@ -210,8 +221,7 @@ def write_report(results_dirs: list[Path], out: Path = Path("results/REPORT.md")
     lines += ["#" + accuracy, ""]
     lines += _efficiency_section(eff, acc, out.parent)
     lines += _published_section()
-    out.write_text("\n".join(lines), encoding="utf-8")
-    return out
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> Path:

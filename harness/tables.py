@@ -14,24 +14,33 @@ Conventions, in one place:
 - Comparability: a task whose runs used a configuration other than the published benchmark's (a record's
   ``task_info`` says ``"benchmark": false``, e.g. a small generated variant) gets no published numbers in
   its column ("n/c") and a dagger on its title.
+- Concurrent writers (the jobs of a Hydra sweep sharing one results folder): every file is written to a unique
+  temporary name beside it and renamed into place, so none is ever half-written or interleaved and the last
+  writer wins; ``write_tables`` regenerates until no record arrived while it wrote, so the last tables written
+  hold every record stored before them.
 """
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
-from harness.records import load_records
+from harness.records import load_records, records_dir
 from harness.reference import published_accuracy, short_source
 
-__all__ = ["latest_runs", "accuracy_long", "accuracy_table", "format_table_markdown", "write_tables"]
+__all__ = ["latest_runs", "accuracy_long", "accuracy_table", "format_table_markdown", "write_tables", "write_atomic",
+           "stored_files"]
 
 TASK_ORDER = ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "scifar", "speech_commands")
 TASK_TITLES = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
                "pathfinder": "Pathfinder", "pathx": "Path-X", "scifar": "sCIFAR", "speech_commands": "Speech Commands"}
 STD_DDOF = 1          # sample std over seeds: with 3-5 seeds, ddof=0 would understate the spread
+MAX_REWRITES = 10     # write_tables, write_report: regenerations while records keep arriving (later writers go on)
 FAIL_AS_PCT = 50.0    # a published "fail" (Path-X) in the published average: chance, the S4 paper's convention
 LONG_COLUMNS = ["model", "task", "n_seeds", "n_runs", "mean_acc_pct", "std_acc_pct", "status", "chance_acc_pct",
                 "published_acc_pct", "published_status", "published_source"]
@@ -230,8 +239,36 @@ def format_table_markdown(records: pd.DataFrame, tasks: list[str] | None = None,
     return "\n".join(lines)
 
 
+def write_atomic(path: str | Path, content: str | Callable[[Path], object]) -> Path:
+    """Write ``content`` (text, or ``content(tmp)`` writes the file) to a unique temporary name in ``path``'s folder,
+    fsync, then rename it to ``path``, which is atomic on a POSIX file system (NFS included): readers and concurrent
+    writers never see a partial file; the last rename wins."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")   # unique across processes and hosts
+    try:
+        if isinstance(content, str):
+            tmp.write_text(content, encoding="utf-8")
+        else:
+            content(tmp)
+        with open(tmp, "rb") as fh:   # the bytes reach the disk before the rename makes them visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def stored_files(folders: Iterable[Path]) -> frozenset[Path]:
+    """The record files (``*.parquet``) in ``folders`` now: a changed set means records arrived meanwhile."""
+    return frozenset(p for folder in folders for p in Path(folder).glob("*.parquet"))
+
+
 def write_tables(results_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Regenerate ``accuracy.md`` and ``accuracy.csv`` from the records under ``results_dir``.
+
+    Safe with concurrent writers (see the module docstring): each file is replaced atomically, and the tables are
+    regenerated (up to ``MAX_REWRITES`` times) while records arrive during the writing.
 
     Args:
         results_dir: the folder holding ``records/``.
@@ -240,10 +277,13 @@ def write_tables(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     Returns:
         ``{"accuracy_md": path, "accuracy_csv": path}``.
     """
-    records = load_records(results_dir)
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"accuracy_md": out / "accuracy.md", "accuracy_csv": out / "accuracy.csv"}
-    paths["accuracy_md"].write_text(format_table_markdown(records), encoding="utf-8")
-    accuracy_long(records).to_csv(paths["accuracy_csv"], index=False, float_format="%.4f")
+    for _ in range(MAX_REWRITES):
+        seen = stored_files([records_dir(results_dir)])
+        records = load_records(results_dir)
+        write_atomic(paths["accuracy_md"], format_table_markdown(records))
+        write_atomic(paths["accuracy_csv"], accuracy_long(records).to_csv(index=False, float_format="%.4f"))
+        if stored_files([records_dir(results_dir)]) == seen:
+            break
     return paths
