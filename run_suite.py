@@ -16,6 +16,8 @@ from harness.env import set_offline_defaults
 set_offline_defaults()  # before datasets / pykeops are imported
 
 import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from harness.suite import run_suite  # noqa: E402
@@ -38,7 +40,10 @@ def main(cfg: DictConfig) -> None:
     print(f"records: {cfg.results_dir}/records/ ({len(records)} new)")
     failed = [r for r in records if r.status.startswith("error")]
     if failed:
-        print(f"{len(failed)} run(s) failed with errors; see their rows and the log above", file=sys.stderr)
+        message = f"{len(failed)} run(s) failed with errors; see their rows and the log above"
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # an exception fails this job; SystemExit would end the sweep
+            raise RuntimeError(message)
+        print(message, file=sys.stderr)
         sys.exit(1)
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import socket
 from pathlib import Path
 from typing import Any, BinaryIO, Union
 
@@ -86,7 +87,7 @@ def evaluate(tree: Tree) -> int:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write under a temporary name, then rename: readers never see a half-written file."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -138,7 +139,7 @@ def generate_listops(out_dir: str | Path, n_train: int = 96_000, n_val: int = 2_
     with tqdm(total=sum(counts.values()), desc="ListOps: generating", unit="tree", disable=not progress) as bar:
         for split, n in counts.items():
             path = out_dir / SPLIT_FILES[split]
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
             try:
                 with open(tmp, "wb") as f:
                     digests[path.name] = _write_split(f, n, rng, seen, bar, min_length, max_length, max_depth, max_args)
@@ -181,7 +182,7 @@ def ensure_generated(out_dir: str | Path, params: dict[str, Any], progress: bool
             record = {}
         if {k: record.get(k) for k in wanted} == wanted and record.get("sha256") == files_sha256(out_dir):
             return False
-        record_path.unlink()  # stale: invalidate before touching the files
+        record_path.unlink(missing_ok=True)  # stale: invalidate before touching the files (another job may have)
     digests = generate_listops(out_dir, **params, progress=progress)
     _write_atomic(record_path, (json.dumps({**wanted, "sha256": digests}, indent=2) + "\n").encode())
     return True

@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def load_release(folder: Path, cache_root: Path, size: int,
     digest = _digest(listing, folder)
     cache = cache_root / f"pathfinder{size}-{folder.name}-{digest[:16]}"
     if not (cache / "listing.json").is_file():
-        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
+        tmp = cache.with_name(f"{cache.name}.tmp-{socket.gethostname()}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:

@@ -6,7 +6,7 @@ Layout of a generated set ``<data_dir>/pathfinder/generated/<name>/`` (N images 
     A folder whose record differs (other settings, a new format) has its shards and arrays deleted.
   * ``shard-00012.parquet``: examples [12 C, min(13 C, N)) for chunk size C (fixed boundaries by index, so the
     shards do not depend on the worker count); columns ``index`` int64, ``label`` int8, ``image``
-    fixed_size_list<uint8>[S^2] (row-major); zstd, with page checksums. Each is written to a ``.tmp-<pid>``
+    fixed_size_list<uint8>[S^2] (row-major); zstd, with page checksums. Each is written to a ``.tmp-<host>-<pid>``
     file and renamed, so an interrupted run (even ``kill -9``) leaves complete shards and at most stray
     temporary files, which the next run deletes.
   * ``images.npy`` (N, S, S) uint8 and ``labels.npy`` (N,) uint8, assembled from the shards once all exist;
@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import os
 import queue as queue_module
+import socket
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -56,7 +57,7 @@ def _record(p: gen.PathfinderParams, n_examples: int, data_seed: int, chunk_size
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -84,7 +85,7 @@ def _make_shard(job: tuple[Path, gen.PathfinderParams, int, int, int, int],
     table = pa.table({"index": index, "label": (index % 2).astype(np.int8),
                       "image": pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), p.image_size ** 2)})
     path = folder / shard_name(k)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
         os.replace(tmp, path)
@@ -156,7 +157,7 @@ def _init_worker(progress: Any) -> None:
 def _assemble(folder: Path, wanted: dict[str, Any], bounds: list[tuple[int, int]], size: int) -> None:
     """images.npy and labels.npy from the shards, then the finished marker."""
     n = wanted["params"]["n_examples"]
-    tmp = folder / f"images.npy.tmp-{os.getpid()}"
+    tmp = folder / f"images.npy.tmp-{socket.gethostname()}-{os.getpid()}"
     images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
     shards = []
     for k, (start, stop) in enumerate(bounds):
@@ -166,7 +167,7 @@ def _assemble(folder: Path, wanted: dict[str, Any], bounds: list[tuple[int, int]
     images.flush()
     del images
     os.replace(tmp, folder / "images.npy")
-    buf = folder / f"labels.npy.tmp-{os.getpid()}"
+    buf = folder / f"labels.npy.tmp-{socket.gethostname()}-{os.getpid()}"
     with open(buf, "wb") as f:
         np.save(f, (np.arange(n) % 2).astype(np.uint8))
     os.replace(buf, folder / "labels.npy")
@@ -196,7 +197,7 @@ def ensure_generated(folder: Path, p: gen.PathfinderParams, n_examples: int, dat
         return 0
     (folder / MARKER).unlink(missing_ok=True)
     for stray in folder.glob("*.tmp-*"):
-        stray.unlink()
+        stray.unlink(missing_ok=True)
     try:
         same = json.loads((folder / RECORD).read_text()) == wanted
     except (OSError, ValueError):

@@ -61,3 +61,10 @@ def test_submitit_local_sweep_runs_each_job_as_a_submitit_job(tmp_path):
     assert "Submitit 'local' sweep output dir" in proc.stdout
     _check_sweep(tmp_path, proc, {("lstm", 0), ("transformer", 0)})
     assert len(list((tmp_path / "multirun" / ".submitit").glob("*/*_result.pkl"))) == 2   # two submitit jobs
+
+
+def test_a_failing_job_does_not_stop_the_other_jobs_of_a_sweep(tmp_path):
+    proc = _multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "models=[lsmt],[lstm]", "seeds=[0]")
+    assert proc.returncode != 0 and "1 run(s) failed with errors" in proc.stdout  # the sweep reports the failure ...
+    status = load_records(tmp_path / "results").set_index("model").status
+    assert status["lstm"] == "ok" and status["lsmt"].startswith("error: KeyError: unknown model 'lsmt'")  # ... after both
