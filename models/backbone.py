@@ -5,16 +5,25 @@
     -> masked pooling (mean or last) -> classifier
 and, for two-document tasks, a dual head on the pooled pair: [x1, x2, x1 - x2, x1 * x2] -> MLP.
 
+Gradient checkpointing (``grad_checkpoint: true``): while training with gradients on, each residual block keeps
+only its input for the backward and runs its forward again there (``torch.utils.checkpoint``, non-reentrant).
+The recompute replays the random numbers of the forward: the global RNG (dropout) through checkpoint's
+preserve_rng_state, and generators a layer owns (``torch.Generator`` attributes: the Performer's feature draws)
+through ``replay_module_state``, which also leaves the block's buffers as it found them (BatchNorm's running
+statistics are updated once per step, not twice). Gradients equal those without checkpointing.
+
 Dimensions: B batch, L length, H d_model, D real-valued input width, C classes.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.registry import build_layer
 
@@ -30,6 +39,7 @@ class BackboneConfig:
     pool: str = "mean"           # "mean" | "last"
     pos_encoding: str = "none"   # "none" | "sinusoidal" | "learned"
     dual_hidden: int = 0         # width of the retrieval head's MLP (0: d_model)
+    grad_checkpoint: bool = False  # recompute each block's forward in the backward instead of storing its activations
 
 
 class MaskedBatchNorm(nn.Module):
@@ -82,6 +92,42 @@ class ResidualBlock(nn.Module):
         z = self.norm(x, mask) if self.prenorm else x
         x = x + self.drop(self.layer(z, mask=mask))
         return x if self.prenorm else self.norm(x, mask)
+
+
+def replay_module_state(block: nn.Module) -> tuple[Any, Any]:
+    """``context_fn`` for ``checkpoint(block, ...)``: (forward context, recompute context).
+
+    The forward context records the state of every ``torch.Generator`` attribute of the block's modules; the
+    recompute runs from those states (so a layer drawing from its own generator draws the same numbers again) and
+    then restores the generators and buffers to what they were before the recompute, so that it changes no state.
+    """
+    gens = [g for m in block.modules() for g in vars(m).values() if isinstance(g, torch.Generator)]
+    at_forward: list[torch.Tensor] = []
+
+    @contextmanager
+    def forward() -> Iterator[None]:
+        at_forward[:] = [g.get_state() for g in gens]
+        yield
+
+    @contextmanager
+    def recompute() -> Iterator[None]:
+        now = [g.get_state() for g in gens]
+        with torch.no_grad():
+            buffers = [(m, name, b, b.clone()) for m in block.modules()
+                       for name, b in m._buffers.items() if b is not None]
+        for g, state in zip(gens, at_forward):
+            g.set_state(state)
+        try:
+            yield
+        finally:
+            for g, state in zip(gens, now):
+                g.set_state(state)
+            with torch.no_grad():
+                for m, name, b, saved in buffers:  # in-place updates (BatchNorm) and reassignments (Performer)
+                    b.copy_(saved)
+                    m._buffers[name] = b
+
+    return forward(), recompute()
 
 
 def sinusoidal_positions(l_max: int, d: int) -> torch.Tensor:
@@ -165,8 +211,13 @@ class SequenceModel(nn.Module):
         """(B, L) ids or (B, L, D) values -> pooled (B, H)."""
         mask = length_mask(lengths, inputs.shape[1])
         x = self.encoder(inputs)
+        recompute = self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, mask)
+            if recompute:  # store only the block's input; the default preserve_rng_state replays dropout
+                x = checkpoint(block, x, mask, use_reentrant=False,
+                               context_fn=lambda b=block: replay_module_state(b))
+            else:
+                x = block(x, mask)
             x = x * mask.unsqueeze(-1)  # keep padded positions at zero between blocks
         x = self.final_norm(x, mask)
         return masked_pool(x, mask, self.cfg.pool)

@@ -22,6 +22,11 @@ linear_transformer (Katharopoulos et al., ICML 2020, "Transformers are RNNs", Se
 Padding (mask False, always at the end) never reaches real positions: local attention masks padded keys,
 Linformer zeroes padded keys/values before projecting, the kernel methods zero the padded key features.
 
+Precision: under autocast, local attention and Linformer are autocast's (their softmax attention is a fused
+kernel that keeps softmax sums in float32); the Performer's and the linear Transformer's feature maps and
+kernelised attention run in float32 with autocast off, on q, k, v cast to float32 (FAVOR+'s exponent is a
+difference of large terms, causal linear attention carries running sums over L: models/precision.py).
+
 Dimensions: B batch, L length, H d_model, n heads, E = H / n head width, w block, k Linformer rows,
 m random features, C causal chunk.
 """
@@ -33,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.precision import at_least_float32, autocast_off
 from models.registry import register_layer
 
 CHUNK = 64  # causal linear attention: exact C x C products inside a chunk, prefix sums (a carried state) across
@@ -171,11 +177,13 @@ class PerformerAttention(_HeadAttention):
     def _attend(self, q, k, v, mask):
         if self.training and self.redraw:  # a new tensor, not in place: an earlier forward may still need the old one
             self.features = orthogonal_gaussian(self.n_features, self.head_dim, self.generator).to(self.features)
-        w = self.features.to(q.dtype)
-        scale = self.head_dim ** -0.25  # exp((q s).(k s)) = exp(q.k / sqrt(E))
-        phi_q = favor_features(q * scale, w, is_query=True)
-        phi_k = favor_features(k * scale, w, mask, is_query=False)
-        return linear_attention(phi_q, phi_k, v, self.causal)
+        with autocast_off(q):  # features and their sums in float32 under any autocast
+            q, k, v = (at_least_float32(t) for t in (q, k, v))
+            w = self.features.to(q.dtype)
+            scale = self.head_dim ** -0.25  # exp((q s).(k s)) = exp(q.k / sqrt(E))
+            phi_q = favor_features(q * scale, w, is_query=True)
+            phi_k = favor_features(k * scale, w, mask, is_query=False)
+            return linear_attention(phi_q, phi_k, v, self.causal)
 
 
 class LinearAttention(_HeadAttention):
@@ -187,10 +195,12 @@ class LinearAttention(_HeadAttention):
         return F.elu(x) + 1.0
 
     def _attend(self, q, k, v, mask):
-        phi_k = self.phi(k)
-        if mask is not None:
-            phi_k = phi_k.masked_fill(~mask[:, None, :, None], 0.0)
-        return linear_attention(self.phi(q), phi_k, v, self.causal)
+        with autocast_off(q):  # running sums over L in float32 under any autocast
+            q, k, v = (at_least_float32(t) for t in (q, k, v))
+            phi_k = self.phi(k)
+            if mask is not None:
+                phi_k = phi_k.masked_fill(~mask[:, None, :, None], 0.0)
+            return linear_attention(self.phi(q), phi_k, v, self.causal)
 
     def default_state(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero state: S (B, n, E, E) = sum phi(k) v^T and z (B, n, E) = sum phi(k)."""

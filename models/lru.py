@@ -20,6 +20,9 @@ settings.
 
 Recurrent mode (``bidirectional=False`` only): ``state = layer.default_state(B)``, then
 ``y_t, state = layer.step(x_t, state)``.
+
+Precision: the recurrence (Λ, γ B u, the scan, Re(C x) and D u) runs in float32 / complex64 with autocast off, on
+the input cast to float32 (models/precision.py); under bf16 autocast the GLU's projection runs in bf16.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.precision import at_least_float32, autocast_off
 from models.registry import register_layer
 from models.scan import complex_in, real_out, scan
 
@@ -78,11 +82,13 @@ class LRULayer(nn.Module):
         """The recurrence alone, before the nonlinearity: (B, L, H) -> y = Re(C x) + D u, (B, L, H)."""
         if mask is not None:
             x = x * mask.unsqueeze(-1)                  # zero padding: the backward scan starts at the real end
-        lam, b, c = self.recurrence()
-        y = self.D * x
-        for d in range(lam.shape[0]):                   # d = 1 runs backwards
-            y = y + real_out(scan(lam[d], complex_in(x, b[d]), reverse=d == 1), c[d])  # (B, L, N) -> (B, L, H)
-        return y
+        with autocast_off(x):                           # a recurrence over L: float32 under any autocast
+            x = at_least_float32(x)
+            lam, b, c = self.recurrence()
+            y = self.D * x
+            for d in range(lam.shape[0]):               # d = 1 runs backwards
+                y = y + real_out(scan(lam[d], complex_in(x, b[d]), reverse=d == 1), c[d])  # (B, L, N) -> (B, L, H)
+            return y
 
     def _act(self, y: torch.Tensor) -> torch.Tensor:
         return F.glu(self.out(self.drop(F.gelu(y))), dim=-1)

@@ -24,6 +24,11 @@ so padded positions never reach real ones.
 
 Recurrent mode (``bidirectional=False`` only): ``state = layer.default_state(B)``, then
 ``y_t, state = layer.step(x_t, state)`` for x_t (B, H) gives forward's output at t.
+
+Precision: under autocast the projections (in_proj, conv1d, x_proj, out_proj) run in autocast's dtype; Delta's
+projection and softplus, the discretisation and the selective scan run in float32 with autocast off, on inputs
+cast to float32 (the recurrence over L is what bf16 cannot carry: models/precision.py). The fused mamba_ssm kernel
+also scans in float32 internally; it is given float32 inputs here too.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.precision import at_least_float32, autocast_off
 from models.registry import register_layer
 from models.scan import scan
 
@@ -149,9 +155,11 @@ class MambaMixer(nn.Module):
             p._optim = {"weight_decay": 0.0}
 
     def _ssm_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Selection: (..., E) -> Delta (..., E), B (..., N), C (..., N)."""
+        """Selection: (..., E) -> Delta (..., E), B (..., N), C (..., N), all at least float32."""
         d, b, c = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.softplus(self.dt_proj(d)), b, c
+        with autocast_off(u):                                              # the timescale in float32 (rank R: cheap)
+            delta = F.softplus(self.dt_proj(at_least_float32(d)))
+        return delta, at_least_float32(b), at_least_float32(c)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, H) -> (B, L, H); inputs and conv outputs are zeroed at padded positions, so outputs there are 0."""
@@ -165,8 +173,9 @@ class MambaMixer(nn.Module):
             u = u * m                                                      # the conv bias made padding nonzero
         delta, b, c = self._ssm_inputs(u)                                  # (B, L, E), (B, L, N), (B, L, N)
         self.kernel_backend = resolve_backend(self.backend, x.device)
-        y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log), b.transpose(1, 2),
-                           c.transpose(1, 2), self.D, self.kernel_backend)  # (B, E, L)
+        with autocast_off(u):                                              # the recurrence in float32
+            y = selective_scan(at_least_float32(u).transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log),
+                               b.transpose(1, 2), c.transpose(1, 2), self.D, self.kernel_backend)  # (B, E, L)
         return self.out_proj(self.drop(y.transpose(1, 2) * F.silu(z)))     # (B, L, H)
 
     def default_state(self, batch_size: int) -> State:

@@ -5,6 +5,10 @@ Both wrap the cuDNN-compatible torch modules (``nn.LSTM``: Hochreiter & Schmidhu
 has H / 2 units and the two are concatenated. Causal layers (``bidirectional=False``) also run one position at a
 time (``default_state`` / ``step``), equal to the full-sequence forward.
 
+Precision: the recurrence runs in float32 with autocast off, on the input cast to float32: the cell state
+c_t = f_t c_{t-1} + i_t g_t (GRU: h_t = z_t h_{t-1} + (1 - z_t) n_t) is a linear recurrence over L, which torch's
+fused bf16 kernels would round to bf16 at every step (models/precision.py).
+
 Dimensions: B batch, L length, H d_model, K stacked recurrent layers inside one block.
 """
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.precision import at_least_float32, autocast_off
 from models.registry import register_layer
 
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -30,12 +35,14 @@ class RNNLayer(nn.Module):
                                 bidirectional=bidirectional, dropout=rnn_dropout if n_rnn_layers > 1 else 0.0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None or bool(mask.all()):  # no padding: skip packing (a packed GRU is ~4x slower on CPU)
-            return self.rnn(x)[0]  # (B, L, H)
-        lengths = mask.sum(1).clamp_min(1).cpu()
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        y, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
-        return y  # (B, L, H), zeros at padded positions
+        with autocast_off(x):  # the recurrence in float32 under any autocast
+            x = at_least_float32(x)
+            if mask is None or bool(mask.all()):  # no padding: skip packing (a packed GRU is ~4x slower on CPU)
+                return self.rnn(x)[0]  # (B, L, H)
+            lengths = mask.sum(1).clamp_min(1).cpu()
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            y, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
+            return y  # (B, L, H), zeros at padded positions
 
     def default_state(self, batch_size: int):
         """Zero state: (h, c) for an LSTM, h for a GRU, each (K, B, H)."""

@@ -19,6 +19,9 @@ log Δ ~ U[log dt_min, log dt_max]. Λ, B̃ and log Δ carry ``_optim = {"lr": l
 
 Recurrent mode (``bidirectional=False`` only): ``state = layer.default_state(B)`` (re-run it after the parameters
 change), then ``y_t, state = layer.step(x_t, state)``.
+
+Precision: the SSM (discretisation, B̄ u, the scan, the read-out and D u) runs in float32 / complex64 with autocast
+off, on the input cast to float32 (models/precision.py); under bf16 autocast the GLU's projections run in bf16.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.precision import at_least_float32, autocast_off
 from models.registry import register_layer
 from models.s4.hippo import hippo_legs, nplr_legs
 from models.scan import complex_in, real_out, scan
@@ -118,13 +122,15 @@ class S5Layer(nn.Module):
         """The SSM alone, before the activation: (B, L, H) -> y = 2 Re(C̃ x) + D u, (B, L, H)."""
         if mask is not None:
             x = x * mask.unsqueeze(-1)                   # zero padding: the backward scan starts at the real end
-        abar, bbar = self.discrete()
-        c = torch.view_as_complex(self.C)                # (K, H, P/2)
-        bu = complex_in(x, bbar)                         # (B, L, P/2)
-        y = real_out(scan(abar, bu), 2 * c[0])           # (B, L, H)
-        if self.bidirectional:
-            y = y + real_out(scan(abar, bu, reverse=True), 2 * c[1])
-        return y + self.D * x
+        with autocast_off(x):                            # a recurrence over L: float32 under any autocast
+            x = at_least_float32(x)
+            abar, bbar = self.discrete()
+            c = torch.view_as_complex(self.C)            # (K, H, P/2)
+            bu = complex_in(x, bbar)                     # (B, L, P/2)
+            y = real_out(scan(abar, bu), 2 * c[0])       # (B, L, H)
+            if self.bidirectional:
+                y = y + real_out(scan(abar, bu, reverse=True), 2 * c[1])
+            return y + self.D * x
 
     def _act(self, y: torch.Tensor) -> torch.Tensor:
         """S5's activations (code ``layers.py``) over the last dim; the backbone adds the residual and its dropout."""

@@ -20,10 +20,14 @@ time-varying; ``reverse`` adds flipped copies of the inputs. The backward is one
 recurrence g_t = dL/dh_t + conj(a_{t+1}) g_{t+1} run in the opposite direction, with dL/db_t = g_t and
 dL/da_t = g_t conj(h_{t-1}) (PyTorch's convention for complex gradients); its peak is a few (…, L, N) tensors.
 Hillis–Steele doubling would instead cost O(L N log L) work and, under autograd, O(L N log L) memory.
+Precision: at least float32 / complex64 (lower-precision inputs are cast up), autocast off, backward included: a
+state carried over L steps with |a| near 1 is what bf16 cannot hold (models/precision.py).
 """
 from __future__ import annotations
 
 import torch
+
+from models.precision import autocast_off, float32_backward
 
 __all__ = ["scan", "scan_sequential", "complex_in", "real_out"]
 
@@ -76,6 +80,7 @@ class _Scan(torch.autograd.Function):
         return h
 
     @staticmethod
+    @float32_backward
     def backward(ctx, gh: torch.Tensor):
         a, h = ctx.saved_tensors
         ac = a.conj()
@@ -97,7 +102,7 @@ def _prepare(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         a = a.unsqueeze(0)                                   # (N,) -> (1, N): time-invariant
     if a.shape[-2] not in (1, b.shape[-2]):
         raise ValueError(f"a's length axis (dim -2) must be 1 or {b.shape[-2]}, got shape {tuple(a.shape)}")
-    dtype = torch.promote_types(a.dtype, b.dtype)
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)  # bf16 / fp16 -> float32
     return a.to(dtype), b.to(dtype)
 
 
@@ -110,10 +115,11 @@ def scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tenso
         reverse: run from the end of the sequence to the start.
 
     Returns:
-        h: the broadcast shape of a and b, in their promoted dtype. Differentiable in a and b.
+        h: the broadcast shape of a and b, in their promoted dtype (at least float32). Differentiable in a and b.
     """
     a, b = _prepare(a, b)
-    return _Scan.apply(a, b, reverse)
+    with autocast_off(b):
+        return _Scan.apply(a, b, reverse)
 
 
 def scan_sequential(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:

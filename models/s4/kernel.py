@@ -7,6 +7,9 @@ Both modules return the real kernel ``k`` (C, H, L) of the discrete SSM x_l = Ā
 k[c, h, l] = Re(C[c, h] Ā[h]^l B̄[h]), and expose ``dense_ssm()`` -> (A, B, C, dt) over the full state in complex
 dense form (complex128) so that this identity can be checked. SSM parameters (A, B, P, dt) carry the optimizer
 hint ``_optim = {"lr": lr, "weight_decay": 0}``; C uses the global settings.
+
+The kernel is always computed in float32 / complex64 with autocast off, whatever region it is called from
+(models/precision.py says why): under bf16 autocast its output is still float32.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from models.s4.hippo import diag_init, nplr_legs, random_nplr
+from models.precision import autocast_off
 from models.s4.kernels import cauchy_conj, resolve_backend, vandermonde
 
 
@@ -55,6 +59,14 @@ class _SSMKernel(nn.Module):
         self.kernel_backend = resolve_backend(self.backend, device)
         return self.kernel_backend
 
+    def forward(self, length: int) -> torch.Tensor:
+        """The real kernel (C, H, length), float32, computed with autocast off (parameters are float32)."""
+        with autocast_off(self.log_dt):
+            return self._kernel(length)
+
+    def _kernel(self, length: int) -> torch.Tensor:
+        raise NotImplementedError
+
 
 class NPLRKernel(_SSMKernel):
     """S4: A = Λ - P P* (diagonal plus rank one, in HiPPO's eigenbasis), bilinear discretization.
@@ -87,7 +99,7 @@ class NPLRKernel(_SSMKernel):
         c = torch.view_as_complex(self.C)
         return torch.exp(self.log_dt), lam, torch.view_as_complex(self.P), torch.view_as_complex(self.B), c
 
-    def forward(self, length: int) -> torch.Tensor:
+    def _kernel(self, length: int) -> torch.Tensor:
         """The real kernel (C, H, length), length <= l_max."""
         if length > self.l_max:
             raise ValueError(f"S4 kernel was built for l_max={self.l_max}; asked for length {length}. "
@@ -162,7 +174,7 @@ class DiagKernel(_SSMKernel):
         a = torch.complex(-torch.exp(self.log_neg_re), self.im)
         return torch.exp(self.log_dt), a, torch.view_as_complex(self.B), torch.view_as_complex(self.C)
 
-    def forward(self, length: int) -> torch.Tensor:
+    def _kernel(self, length: int) -> torch.Tensor:
         """The real kernel (C, H, length): 2 Re(Σ_pairs C B̄ Ā^l)."""
         backend = self._resolve(self.log_dt.device)
         dt, a, b, c = self._params()

@@ -6,6 +6,9 @@ B batch, L length, H d_model, N d_state, C kernel channels (2 when bidirectional
 Recurrent mode: ``state = layer.default_state(B)`` (which also prepares the discrete matrices from the current
 parameters: call it again after the parameters change), then ``y_t, state = layer.step(x_t, state)`` for x_t (B, H)
 gives exactly the causal convolution's output at t. Only for ``bidirectional=False``.
+
+Precision: the kernel and the FFT convolution run in float32 with autocast off, on the input cast to float32
+(models/precision.py); under bf16 autocast only the output projection runs in bf16.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.precision import at_least_float32, autocast_off, float32_backward
 from models.registry import register_layer
 from models.s4.kernel import DiagKernel, NPLRKernel
 
@@ -33,6 +37,7 @@ class _FFTConv(torch.autograd.Function):
         return torch.fft.irfft(uf * kf, n=n)[..., : u.shape[-1]]
 
     @staticmethod
+    @float32_backward
     def backward(ctx, gy: torch.Tensor):
         uf, kf = ctx.saved_tensors
         length, m = ctx.sizes
@@ -65,12 +70,13 @@ class S4Layer(nn.Module):
         if mask is not None:
             x = x * mask.unsqueeze(-1)
         length = x.shape[1]
-        u = x.transpose(1, 2)                               # (B, H, L)
-        kc = self.kernel(length)                            # (C, H, L)
-        k = torch.cat([kc[0, :, :1] + self.D[:, None], kc[0, :, 1:]], -1)  # D skip folded into lag 0: k*u + D u
-        if self.bidirectional:                              # plus the second kernel, run backwards
-            k = F.pad(k, (0, length)) + F.pad(kc[1].flip(-1), (length, 0))  # (H, 2L)
-        y = _FFTConv.apply(u, k)                            # (B, H, L), linear (not circular) convolution
+        with autocast_off(x):                               # the SSM in float32, whatever the autocast dtype
+            u = at_least_float32(x).transpose(1, 2)         # (B, H, L)
+            kc = self.kernel(length)                        # (C, H, L)
+            k = torch.cat([kc[0, :, :1] + self.D[:, None], kc[0, :, 1:]], -1)  # D skip folded into lag 0: k*u + D u
+            if self.bidirectional:                          # plus the second kernel, run backwards
+                k = F.pad(k, (0, length)) + F.pad(kc[1].flip(-1), (length, 0))  # (H, 2L)
+            y = _FFTConv.apply(u, k)                        # (B, H, L), linear (not circular) convolution
         y = y.transpose(1, 2).contiguous()                  # (B, L, H); the activation and its gradient then share
         y = self.drop(F.gelu(y))                            # one layout (mixed strides made GELU's backward 3x slower)
         return F.glu(self.out(y), dim=-1)

@@ -5,7 +5,10 @@
     CPU tensors:  the reference (chunked matmuls on the CPU BLAS). KeOps also runs on a CPU, but there it is
                   slower than the reference (see benchmarks/kernels.py), so it is used only when asked for.
 An explicitly requested backend that cannot run raises a RuntimeError naming the install command; nothing
-falls back silently. The backend used is what ``last_backend`` reports, and it goes into each RunRecord.
+falls back silently. The backend used is what the kernel modules' ``kernel_backend`` reports, and it goes into each
+RunRecord.
+Every op runs with autocast off (models/precision.py): called from a bf16 autocast region, it still computes in
+the complex64 / complex128 (and float32 / float64 nodes) it is given.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from models.precision import autocast_off
 from models.s4.kernels.reference import cauchy_conj_ref, cauchy_ref, vandermonde_blocked
 
 log = logging.getLogger(__name__)
@@ -96,7 +100,8 @@ def _impl(op: str, backend: str) -> Callable:
 
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """sum_n v[r, h, n] / (z[l] - w[h, n]): v (R, H, N), z (L,), w (H, N) complex -> (R, H, L)."""
-    return _impl("cauchy", resolve_backend(backend, v.device))(v, z, w)
+    with autocast_off(v):
+        return _impl("cauchy", resolve_backend(backend, v.device))(v, z, w)
 
 
 def cauchy_conj(v: torch.Tensor, y: torch.Tensor, w: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -106,10 +111,11 @@ def cauchy_conj(v: torch.Tensor, y: torch.Tensor, w: torch.Tensor, backend: str 
     real-coefficient term (``cauchy_conj_ref``, half the work); KeOps and Triton sum both members with ``cauchy``.
     """
     backend = resolve_backend(backend, v.device)
-    if backend == "ref":
-        return cauchy_conj_ref(v, y, w)
-    full = lambda t: torch.cat([t, t.conj()], dim=-1)  # noqa: E731
-    return _impl("cauchy", backend)(full(v), (1j * y).to(v.dtype), full(w))
+    with autocast_off(v):
+        if backend == "ref":
+            return cauchy_conj_ref(v, y, w)
+        full = lambda t: torch.cat([t, t.conj()], dim=-1)  # noqa: E731
+        return _impl("cauchy", backend)(full(v), (1j * y).to(v.dtype), full(w))
 
 
 def vandermonde(v: torch.Tensor, x: torch.Tensor, length: int, backend: str = "auto") -> torch.Tensor:
@@ -117,4 +123,5 @@ def vandermonde(v: torch.Tensor, x: torch.Tensor, length: int, backend: str = "a
 
     The reference backend is ``vandermonde_blocked`` (exp tables for blocks of l and matrix products; the plain
     per-element ``vandermonde_ref`` stays as the ground reference it is tested against)."""
-    return _impl("vandermonde", resolve_backend(backend, v.device))(v, x, length)
+    with autocast_off(v):
+        return _impl("vandermonde", resolve_backend(backend, v.device))(v, x, length)

@@ -20,7 +20,7 @@ exp(x l) = exp(x l0) exp(x j), so it needs only two small exp tables, P (H, N, L
 block of outputs is one matrix product (v P) @ E; its backward likewise. ``vandermonde_ref`` (one complex exp per
 (h, n, l) entry) stays as the ground reference it is tested against.
 
-All work in complex64 or complex128. The (H, N, L) Cauchy/Vandermonde matrix is never held whole: it is
+All work in complex64 or complex128 (the dispatch turns autocast off around them; their backwards do the same). The (H, N, L) Cauchy/Vandermonde matrix is never held whole: it is
 built in chunks of ``_CHUNK_ELEMS`` entries, contracted with a batched matmul, and rebuilt chunk by chunk in
 the backward pass (a hand-written autograd Function), so memory is O(R·H·L + chunk) at any L (16384+).
 Gradients follow PyTorch's convention for complex inputs: grad_in = grad_out · conj(d out / d in).
@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from models.precision import float32_backward
 
 _CHUNK_ELEMS = 1 << 18  # entries of the (h, n, l) matrix built at once: 2 MiB in complex64, about L2-sized
 
@@ -63,6 +65,7 @@ class _Cauchy(torch.autograd.Function):
         return out
 
     @staticmethod
+    @float32_backward
     def backward(ctx, g: torch.Tensor):
         v, z, w = ctx.saved_tensors
         need_v, need_z, need_w = ctx.needs_input_grad
@@ -103,6 +106,7 @@ class _Vandermonde(torch.autograd.Function):
         return out
 
     @staticmethod
+    @float32_backward
     def backward(ctx, g: torch.Tensor):
         v, x = ctx.saved_tensors
         need_v, need_x, _ = ctx.needs_input_grad
@@ -215,6 +219,7 @@ class _VandermondeBlocked(torch.autograd.Function):
         return out[..., :length]
 
     @staticmethod
+    @float32_backward
     def backward(ctx, g: torch.Tensor):
         v, x = ctx.saved_tensors
         need_v, need_x, _ = ctx.needs_input_grad
@@ -280,6 +285,7 @@ class _CauchyConj(torch.autograd.Function):
         return out.transpose(0, 1)
 
     @staticmethod
+    @float32_backward
     def backward(ctx, g: torch.Tensor):
         v, y, w = ctx.saved_tensors
         r_, h_, n_ = v.shape
