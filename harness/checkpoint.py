@@ -2,7 +2,8 @@
 
 A run's checkpoint ``<results_dir>/checkpoints/<task>__<model>__seed<seed>.pt`` holds everything the training loop
 needs to continue as if never stopped: model, optimizer, schedule and gradient-scaler states, the RNG states of
-Python, NumPy and torch (CPU and every CUDA device; one set per rank under torchrun), the position in the data (the
+Python, NumPy and torch (CPU and every CUDA device; one set per rank under torchrun) and of the generators layers
+own (the Performer's feature draws), the position in the data (the
 step; the batch order is a function of seed and epoch, see harness/distributed.py), the best validation accuracy with
 its weights, the elapsed training time (so a time budget keeps counting), the throughput counters and the peak
 memory so far. It is written to a temporary file, flushed to disk and renamed over the old one, so a kill at any

@@ -91,6 +91,12 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, max_batches: i
     return correct / max(total, 1)
 
 
+def _layer_generators(model: nn.Module) -> dict[str, torch.Generator]:
+    """The random generators layers own (e.g. the Performer's feature draws), by module path and attribute."""
+    return {f"{path}.{attr}": g for path, m in model.named_modules() for attr, g in vars(m).items()
+            if isinstance(g, torch.Generator)}
+
+
 def _rng_state() -> dict[str, Any]:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -164,6 +170,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
         t_start = time.perf_counter() - saved["elapsed_s"]
         rngs = saved["rng"]
         _set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])  # another world size: rank 0's streams
+        for name, g in _layer_generators(model).items():
+            g.set_state(saved["layer_rng"][name])
 
     def validate() -> None:
         nonlocal best_val, best_state
@@ -178,6 +186,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
             checkpointer.save({
                 "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rngs, "best_val": best_val, "best_state": best_state,
+                "layer_rng": {name: g.get_state() for name, g in _layer_generators(model).items()},
                 "loss": loss_val, "elapsed_s": time.perf_counter() - t_start, "peak_mem_mib": peak_mib,
                 "timer": (timer.n_steps, timer.seconds, timer.samples, timer.tokens)})
 

@@ -78,7 +78,7 @@ def _fit(task, layer, ckpt=None, **train):
 MEASURED = ("test_acc", "best_val_acc", "final_train_loss", "steps", "epochs", "status")
 
 
-@pytest.mark.parametrize("layer,at", [("lstm", 8), ("transformer", 12), ("s4d", 10)])
+@pytest.mark.parametrize("layer,at", [("lstm", 8), ("transformer", 12), ("s4d", 10), ("performer", 8)])
 def test_a_resumed_fit_ends_exactly_like_an_uninterrupted_one(tiny_listops, tmp_path, layer, at):
     ref = _fit(tiny_listops, layer)  # 10 steps per epoch: checkpoints at 4, 8, 10 (epoch end), 12, ...
     path = tmp_path / "run.pt"
