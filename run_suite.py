@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 from harness.env import set_offline_defaults
@@ -27,8 +28,13 @@ from harness.records import load_records  # noqa: E402
 log = logging.getLogger("run_suite")
 
 
+def _interrupt(signum, frame):  # SIGTERM (scancel, a SLURM pre-emption, torchrun ending the job) as Ctrl-C: the
+    raise KeyboardInterrupt(f"signal {signum}")  # run's lock is released and its checkpoint kept, to resume from
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     records, paths = run_suite(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return

@@ -11,11 +11,13 @@ moment leaves either the old or the new checkpoint, never a torn one.
 
 A checkpoint carries the hash of the resolved run config that wrote it; a run whose config hashes differently refuses
 it with a message saying how to proceed, rather than silently continuing another experiment. The checkpoint of a run
-is deleted once its record is stored.
+is deleted once its record is stored with a final status (``ok`` or ``diverged``); after ``oom`` or an error it is
+kept, to resume from once the cause is fixed.
 
 A lock ``<task>__<model>__seed<seed>.lock`` (created with O_EXCL, holding host and pid) keeps a second ``run_suite.py``
 on the same results folder from training the same run at the same time. A lock whose process is gone (same host, pid
-not alive), or that nobody has touched for ``stale_s`` seconds (another host), is stale and taken over with a warning.
+not alive), or that nobody has touched for ``stale_s`` seconds (another host; the holder touches it every minute),
+is stale and taken over with a warning.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bumped when the checkpoint layout changes; another format is refused like another config
+FORMAT = 2  # bumped when the checkpoint layout changes; another format is refused like another config
 
 
 class CheckpointMismatch(RuntimeError):
@@ -54,7 +58,6 @@ class Checkpointer:
     config_hash: str
     every_steps: int | None = None
     every_s: float | None = None
-    lock: "RunLock | None" = None  # touched at every save, so other hosts see the run is alive
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -96,24 +99,54 @@ class Checkpointer:
         """Write ``state`` atomically; on failure (e.g. a full disk) warn, keep the previous checkpoint, return False."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._last_save = time.monotonic()  # a failed save waits for the next interval too
         try:
             with open(tmp, "wb") as fh:
                 torch.save({**state, "format": FORMAT, "config_hash": self.config_hash}, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)  # the rename itself survives a crash of the machine
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             self.failed_saves += 1
             log.warning("checkpoint %s not written (%s); the previous one is kept and training goes on", self.path, exc)
             return False
-        self._last_save = time.monotonic()
-        if self.lock is not None:
-            self.lock.touch()
+        finally:
+            tmp.unlink(missing_ok=True)  # also after an interrupt inside torch.save
         return True
+
+    def read(self) -> dict[str, Any]:
+        """The stored state, unchecked (for the other ranks, once rank 0's ``load`` has judged the file)."""
+        return torch.load(self.path, map_location="cpu", weights_only=False)
+
+    def stored_hash(self) -> str | None:
+        """The config hash the stored checkpoint carries (None: no checkpoint, or unreadable); reads no tensors."""
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=False, mmap=True).get("config_hash")
+        except Exception:  # noqa: BLE001 - absent or unreadable: no hash to report
+            return None
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+        self.sweep_temporaries()
+
+    def sweep_temporaries(self) -> None:
+        """Delete temporaries a kill inside a save left behind (call while holding the run's lock)."""
+        for stray in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stray.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -127,65 +160,91 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """An exclusive claim on one run in a results folder, for as long as one process trains it."""
+    """An exclusive claim on one run in a results folder, for as long as one process trains it.
 
-    def __init__(self, path: Path, stale_s: float = 3600.0):
-        self.path, self.stale_s = Path(path), stale_s
+    While held, a daemon thread touches the file every ``heartbeat_s`` seconds, so processes on other hosts (which
+    cannot see whether the pid lives) judge it by age: untouched for ``stale_s`` seconds means its holder is gone.
+    """
+
+    def __init__(self, path: Path, stale_s: float = 3600.0, heartbeat_s: float = 60.0):
+        self.path, self.stale_s, self.heartbeat_s = Path(path), stale_s, heartbeat_s
         self.held = False
+        self._me = {"pid": os.getpid(), "host": socket.gethostname()}
+        self._stop = threading.Event()
 
-    def _holder(self) -> dict[str, Any] | None:
+    def _read(self, path: Path) -> tuple[str, dict[str, Any] | None]:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
+            text = path.read_text()
+        except OSError:
+            return "", None
+        try:
+            return text, json.loads(text)
+        except ValueError:
+            return text, None
 
     def _is_stale(self, holder: dict[str, Any] | None) -> bool:
-        if holder is None:  # empty or garbled: a writer died between create and write
-            try:
-                return time.time() - self.path.stat().st_mtime > 60
-            except OSError:
-                return True
-        if holder.get("host") == socket.gethostname():
-            return holder.get("pid") == os.getpid() or not _pid_alive(int(holder.get("pid", -1)))
         try:
-            return time.time() - self.path.stat().st_mtime > self.stale_s
+            age = time.time() - self.path.stat().st_mtime
         except OSError:
             return True
+        if holder is None:  # empty or garbled: a writer died between create and write
+            return age > 60
+        if holder.get("host") == self._me["host"]:
+            return holder.get("pid") == self._me["pid"] or not _pid_alive(int(holder.get("pid", -1)))
+        return age > self.stale_s
 
     def acquire(self) -> str | None:
         """Take the lock; None on success, else who holds it (e.g. 'pid 123 on node7 since 2026-11-22T10:00:00')."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
+        for _ in range(5):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self._holder()
+                text, holder = self._read(self.path)
+                who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" if holder
+                       else "a process that is writing its lock")
                 if not self._is_stale(holder):
-                    return (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" if holder
-                            else "a process that is writing its lock")
-                log.warning("removing stale lock %s (%s)", self.path,
-                            f"pid {holder.get('pid')} on {holder.get('host')} is gone" if holder else "unreadable")
-                self.path.unlink(missing_ok=True)
+                    return who
+                # take it over by renaming it aside: of several processes judging it stale, one rename wins
+                aside = self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex[:8]}")
+                try:
+                    os.rename(self.path, aside)
+                except FileNotFoundError:
+                    continue
+                if self._read(aside)[0] != text:  # a fresh lock replaced the stale one meanwhile: give it back
+                    try:
+                        os.link(aside, self.path)
+                    except OSError:
+                        pass
+                    aside.unlink(missing_ok=True)
+                    continue
+                aside.unlink(missing_ok=True)
+                log.warning("removing stale lock %s (%s)", self.path, f"{who}: gone" if holder else "unreadable")
                 continue
             with os.fdopen(fd, "w") as fh:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, fh)
+                json.dump({**self._me, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, fh)
             self.held = True
+            self._stop.clear()
+            threading.Thread(target=self._heartbeat, daemon=True, name=f"lock {self.path.name}").start()
             return None
         return "a process that keeps re-creating the lock"
 
-    def touch(self) -> None:
-        """Show the lock is alive (for holders on other hosts, which judge staleness by age)."""
-        if self.held:
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
             try:
                 os.utime(self.path)
             except OSError:
-                pass
+                return
 
     def release(self) -> None:
-        if self.held:
+        """Remove the lock if it is still ours (one taken over by another process is left to it)."""
+        if not self.held:
+            return
+        self._stop.set()
+        self.held = False
+        holder = self._read(self.path)[1]
+        if holder is not None and {k: holder.get(k) for k in self._me} == self._me:
             self.path.unlink(missing_ok=True)
-            self.held = False
 
 
 __all__ = ["CheckpointMismatch", "Checkpointer", "RunLock"]

@@ -6,7 +6,8 @@ and LOCAL_RANK from its environment. The harness then
   * trains a DistributedDataParallel copy of the model on every rank (gloo on CPU, NCCL on CUDA);
   * splits each *global* batch (the task's ``batch_size``) into K nearly equal contiguous parts, one per rank, and
     scales each rank's summed loss by K / (global batch), so the averaged gradient is that of the global batch:
-    a K-process run follows the single-process run with the same batch size, up to float rounding;
+    without dropout, a K-process run follows the single-process run with the same batch size up to float rounding
+    (every rank draws the same random stream, so dropout masks differ from the single process's);
   * shards validation and test sets into K contiguous parts, each example seen exactly once, and sums the counts;
   * lets rank 0 alone write records, checkpoints and tables.
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 import models  # noqa: F401  (registers the layers)
 import tasks  # noqa: F401  (registers the tasks)
 from harness.checkpoint import Checkpointer, RunLock
-from harness.distributed import barrier, broadcast, init_from_env, is_main, local_device, shutdown
+from harness.distributed import barrier, broadcast, init_from_env, is_main, local_device, rank_world, shutdown
 from harness.efficiency import EfficiencyConfig, run_efficiency
 from harness.env import device_name, git_commit, resolve_device
 from harness.measure import is_oom
@@ -126,9 +126,9 @@ def _seed_everything(seed: int) -> None:
 
 def run_hash(run_cfg: dict) -> str:
     """The identity of a run's experiment: the hash of its resolved config without the settings that cannot change
-    its results (progress bars, checkpoint intervals)."""
+    its results (progress bars, checkpoint intervals, where the data folder is mounted)."""
     train = {k: v for k, v in run_cfg["train"].items() if k not in UNHASHED_TRAIN_KEYS}
-    return config_hash({**run_cfg, "train": train})
+    return config_hash({**{k: v for k, v in run_cfg.items() if k != "data_dir"}, "train": train})
 
 
 UNHASHED_TRAIN_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_every_s")
@@ -139,13 +139,12 @@ def checkpoint_path(results_dir: str | Path, task: str, model: str, seed: int) -
     return Path(results_dir) / "checkpoints" / f"{task}__{model}__seed{seed}.pt"
 
 
-def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str | Path | None = None,
-            lock: RunLock | None = None) -> RunRecord:
+def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str | Path | None = None) -> RunRecord:
     """Run one (task, model, seed) and return its record; never raises for a failure of the run itself.
 
     With ``results_dir`` the run checkpoints into ``<results_dir>/checkpoints/`` and first resumes from a checkpoint
     of the same config found there (one of another config is refused: the run's record says so)."""
-    dev_type = "cpu"
+    dev_type, in_fit = "cpu", False
     base = dict(task=task, model=model, seed=seed, suite=str(cfg.suite_name), torch_version=torch.__version__,
                 git_commit=git_commit())
     try:
@@ -156,12 +155,14 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str 
         checkpointer = None
         if results_dir is not None:
             checkpointer = Checkpointer(checkpoint_path(results_dir, task, model, seed), base["config_hash"],
-                                        train_cfg.checkpoint_every_steps, train_cfg.checkpoint_every_s, lock)
+                                        train_cfg.checkpoint_every_steps, train_cfg.checkpoint_every_s)
         t = build_task(task, run_cfg["data_dir"], seed=seed, **run_cfg["task"]["options"])
         _seed_everything(seed)
         net = build_model(run_cfg["model"]["name"], t.spec, run_cfg["model"].get("backbone"),
                           run_cfg["model"].get("hparams"))
+        in_fit = True
         rec = fit(net, t, train_cfg, model_name=model, checkpointer=checkpointer)
+        in_fit = False
         return replace(rec, suite=base["suite"], config=base["config"], config_hash=base["config_hash"],
                        task_info=_json(t.spec.info), kernel_backend=kernel_backends(net),
                        comparison=str(run_cfg["model"].get("comparison", "")))
@@ -169,6 +170,10 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str 
         status = f"skipped: data not found: {exc}"
         log.warning("%s/%s/seed%d skipped: %s", task, model, seed, exc)
     except Exception as exc:  # one failing run never stops the suite; its row says why
+        if in_fit and rank_world()[1] > 1:  # the other ranks wait in a collective: end this process (torchrun then
+            log.error("rank %d: run %s/%s/seed%d failed in training; ending the job, start it again to resume",
+                      rank_world()[0], task, model, seed)  # ends the job); started again, the run resumes
+            raise
         if is_oom(exc):
             status = "oom"
         else:
@@ -182,26 +187,29 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str 
 
 def _plan(cfg: DictConfig, task: str, model: str, seed: int, results_dir: Path) -> tuple[str, str, RunLock | None]:
     """(action, why, lock) for one run, decided by rank 0: ``run`` (lock taken), ``finished`` (a record of the same
-    experiment with a final status exists) or ``busy`` (another process holds the run's lock)."""
-    ckpt = checkpoint_path(results_dir, task, model, seed)
+    experiment with a final status exists) or ``busy`` (another process holds the run's lock). The records are read
+    after the lock is taken, so a run another process finished a moment ago is seen as finished."""
+    ckpt = Checkpointer(checkpoint_path(results_dir, task, model, seed), "")
+    lock = RunLock(ckpt.path.with_suffix(".lock"), stale_s=float(cfg.get("lock_stale_s", 3600)))
+    holder = lock.acquire()
+    if holder is not None:
+        return "busy", f"being trained by {holder}", None
     try:
         h = run_hash(resolve_run_config(cfg, task, model, seed))
     except Exception:  # noqa: BLE001 - run_one records the error
         h = None
-    if h is not None and cfg.get("resume", True):
+    if not cfg.get("resume", True):
+        ckpt.remove()
+    elif h is not None:
         df = load_records(results_dir)
         done = df[(df.task == task) & (df.model == model) & (df.seed == seed) & (df.config_hash == h)
                   & df.status.isin(FINISHED)] if len(df) else df
         if len(done):
-            if ckpt.exists() and not ckpt.with_suffix(".lock").exists():
-                ckpt.unlink(missing_ok=True)  # left by a kill between the record's write and the checkpoint's removal
+            if ckpt.path.exists() and ckpt.stored_hash() == h:
+                ckpt.remove()  # left by a kill between the record's write and the checkpoint's removal
+            lock.release()
             return "finished", f"{done.iloc[-1].status} record of config {h} from {done.iloc[-1].timestamp}", None
-    lock = RunLock(ckpt.with_suffix(".lock"), stale_s=float(cfg.get("lock_stale_s", 3600)))
-    holder = lock.acquire()
-    if holder is not None:
-        return "busy", f"being trained by {holder}", None
-    if not cfg.get("resume", True):
-        ckpt.unlink(missing_ok=True)
+    ckpt.sweep_temporaries()
     return "run", "", lock
 
 
@@ -237,7 +245,7 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
             continue
         log.info("[%d/%d] %s / %s / seed %d", i, len(combos), task, model, seed)
         try:
-            rec = run_one(cfg, task, model, seed, results_dir, lock)
+            rec = run_one(cfg, task, model, seed, results_dir)
             if is_main():
                 path = write_record(rec, results_dir)
                 if rec.status in FINISHED:

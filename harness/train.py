@@ -143,6 +143,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
         return loader_with(loader, shard_batches(len(loader.dataset), loader.batch_size, rank, world))
 
     per_epoch = len(epoch_batches(0))
+    if per_epoch == 0:
+        raise ValueError(f"the training split has {n_train} example(s), fewer than the {world} processes")
     n_steps = math.ceil(cfg.epochs * per_epoch)
     if cfg.max_steps is not None:
         n_steps = min(n_steps, cfg.max_steps)
@@ -155,7 +157,20 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
     best_val, best_state, status, step, loss_val = -1.0, None, "ok", 0, float("nan")
     resumed_from, peak_before = None, 0.0
 
-    saved = checkpointer.load() if checkpointer is not None else None
+    saved = None
+    if checkpointer is not None:  # rank 0 judges the file (and moves a corrupt one aside); the others follow its verdict
+        verdict = None
+        if rank == 0:
+            try:
+                saved = checkpointer.load()
+                verdict = "load" if saved is not None else "none"
+            except CheckpointMismatch as exc:
+                verdict = str(exc)
+        verdict = broadcast(verdict)
+        if verdict not in ("load", "none"):
+            raise CheckpointMismatch(verdict)
+        if verdict == "load" and rank != 0:
+            saved = checkpointer.read()
     if saved is not None:
         try:
             model.load_state_dict(saved["model"])
@@ -165,7 +180,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
         sched.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         step, best_val, best_state, loss_val = saved["step"], saved["best_val"], saved["best_state"], saved["loss"]
-        timer.n_steps, timer.seconds, timer.samples, timer.tokens = saved["timer"]
+        _, timer.seconds, timer.samples, timer.tokens = saved["timer"]  # the new process's first steps warm up again
         peak_before, resumed_from = saved["peak_mem_mib"], saved["step"]
         t_start = time.perf_counter() - saved["elapsed_s"]
         rngs = saved["rng"]

@@ -123,7 +123,7 @@ def test_corrupt_checkpoint_is_moved_aside_and_the_run_starts_afresh(tiny_listop
 
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, caplog):
-    ckpt = Checkpointer(tmp_path / "run.pt", "h")
+    ckpt = Checkpointer(tmp_path / "run.pt", "h", every_s=3600)
     assert ckpt.save({"step": 1})
 
     def no_space(obj, fh):
@@ -132,6 +132,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
 
     monkeypatch.setattr(torch, "save", no_space)
     assert not ckpt.save({"step": 2})
+    assert not ckpt.due(7)  # a failed save waits for the next interval, it does not retry at every step
     monkeypatch.undo()
     assert ckpt.load()["step"] == 1 and ckpt.failed_saves == 1
     assert "No space left on device" in caplog.text and list(tmp_path.iterdir()) == [tmp_path / "run.pt"]
@@ -151,6 +152,12 @@ def test_a_live_lock_is_respected_and_a_dead_ones_taken_over(tmp_path, caplog):
     assert "stale lock" in caplog.text
     lock.release()
     assert not path.exists()
+    mine = RunLock(path)
+    assert mine.acquire() is None
+    path.write_text(json.dumps({"pid": 12345, "host": "another-node", "since": "now"}))  # taken over meanwhile
+    mine.release()
+    assert json.loads(path.read_text())["host"] == "another-node"  # release leaves a lock that is not ours
+    path.unlink()
     path.write_text(json.dumps({"pid": 1, "host": "another-node", "since": "then"}))  # other host: judged by age
     assert RunLock(path, stale_s=3600).acquire() is not None
     os.utime(path, (time.time() - 7200, time.time() - 7200))
