@@ -99,28 +99,20 @@ def test_misspelt_config_key_is_refused_before_anything_runs(case):
     assert "not in struct" in str(err.value.__cause__)
 
 
-def test_misspelt_train_option(case):
-    got = case.run("models=[lstm,transformer]", "+model_overrides.lstm.train.learning_rate=0.1")
-    assert got["lstm"].status.startswith("error: TypeError: unknown train option(s) 'learning_rate'; accepted: epochs")
-    assert got["transformer"].ok
-
-
-def test_misspelt_backbone_option(case):
-    got = case.run("models=[lstm,transformer]", "+model_overrides.lstm.backbone.widht=3")
-    assert got["lstm"].status.startswith("error: TypeError: unknown backbone option(s) 'widht'; accepted: d_model")
-    assert got["transformer"].ok
-
-
-def test_misspelt_layer_option(case):
-    got = case.run("models=[transformer,lstm]", "+model_overrides.transformer.hparams.heads=3")
-    assert got["transformer"].status.startswith("error: TypeError: layer 'transformer' got unknown option(s) 'heads'")
-    assert got["lstm"].ok
-
-
-def test_unknown_precision(case):
-    got = case.run("models=[lstm,transformer]", "+model_overrides.lstm.train.precision=fp8")
-    assert got["lstm"].status == "error: ValueError: unknown precision 'fp8'; known: fp32, bf16, fp16"
-    assert got["transformer"].ok
+@pytest.mark.parametrize("faulty,override,status,healthy", [
+    ("lstm", "+model_overrides.lstm.train.learning_rate=0.1",
+     "error: TypeError: unknown train option(s) 'learning_rate'; accepted: epochs", "transformer"),
+    ("lstm", "+model_overrides.lstm.backbone.widht=3",
+     "error: TypeError: unknown backbone option(s) 'widht'; accepted: d_model", "transformer"),
+    ("transformer", "+model_overrides.transformer.hparams.heads=3",
+     "error: TypeError: layer 'transformer' got unknown option(s) 'heads'", "lstm"),
+    ("lstm", "+model_overrides.lstm.train.precision=fp8",
+     "error: ValueError: unknown precision 'fp8'; known: fp32, bf16, fp16", "transformer"),
+], ids=["train_option", "backbone_option", "layer_option", "precision"])
+def test_misspelt_option_of_one_model(case, faulty, override, status, healthy):
+    got = case.run(f"models=[{faulty},{healthy}]", override)
+    assert got[faulty].status.startswith(status)
+    assert got[healthy].ok
 
 
 def test_unknown_recipe_fails_each_run_and_the_suite_still_ends(case):
