@@ -254,10 +254,15 @@ def test_stale_lock_of_a_dead_process_is_taken_over(case, caplog):
     assert got["lstm"].ok and "removing stale lock" in caplog.text and not lock.exists()
 
 
+def _default_sigint() -> None:  # a background job of a non-interactive shell (CI) inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(case: Case, *overrides: str) -> subprocess.Popen:
     args = [sys.executable, "run_suite.py", f"results_dir={case.results}", f"data_dir={case.data}",
             f"hydra.run.dir={case.results.parent / 'hydra'}", *TINY, *overrides]
-    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen) -> None:
@@ -282,12 +287,13 @@ def test_second_run_suite_on_the_same_results_folder(case, caplog):
     assert len(df) == 2 and (df[df.seed == 1].status == "ok").all()  # trained once, recorded once
 
 
-def test_ctrl_c_keeps_the_checkpoint_and_releases_the_lock(case):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_interrupt_keeps_the_checkpoint_and_releases_the_lock(case, sig):
     slow = ["models=[lstm]", "train.max_steps=null", "train.epochs=50"]
     proc = _start(case, *slow, "train.checkpoint_every_steps=1")
     ckpt = checkpoint_path(case.results, "listops", "lstm", 1)
     _wait_for(ckpt, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)  # Ctrl-C; SIGTERM as scancel or a SLURM pre-emption sends it
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "KeyboardInterrupt" in out
     assert ckpt.exists() and not ckpt.with_suffix(".lock").exists()
