@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from harness.records import write_atomic
+
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # bumped when the checkpoint layout changes; another format is refused like another config
@@ -97,22 +99,19 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> bool:
         """Write ``state`` atomically; on failure (e.g. a full disk) warn, keep the previous checkpoint, return False."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self._last_save = time.monotonic()  # a failed save waits for the next interval too
-        try:
+        state = {**state, "format": FORMAT, "config_hash": self.config_hash}
+
+        def dump(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
-                torch.save({**state, "format": FORMAT, "config_hash": self.config_hash}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)  # the rename itself survives a crash of the machine
+                torch.save(state, fh)
+
+        try:
+            write_atomic(self.path, dump)
         except OSError as exc:
             self.failed_saves += 1
             log.warning("checkpoint %s not written (%s); the previous one is kept and training goes on", self.path, exc)
             return False
-        finally:
-            tmp.unlink(missing_ok=True)  # also after an interrupt inside torch.save
         return True
 
     def read(self) -> dict[str, Any]:
@@ -134,19 +133,6 @@ class Checkpointer:
         """Delete temporaries a kill inside a save left behind (call while holding the run's lock)."""
         for stray in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             stray.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -264,23 +264,23 @@ def _run_child(model: str, length: int, cfg: EfficiencyConfig, timeout_s: float)
 FINAL = ("ok", "oom", "over_budget")  # cell outcomes a restarted sweep keeps
 
 
-def _sweep_key(cfg: EfficiencyConfig) -> str:
+def _sweep_key(settings: dict[str, Any]) -> str:
     """The settings that make two sweeps' cells comparable (not which models, nor the total budget)."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("models", "total_budget_s")}
-    return json.dumps(settings, sort_keys=True, default=str)
+    return json.dumps({k: v for k, v in settings.items() if k not in ("models", "total_budget_s")},
+                      sort_keys=True, default=str)
 
 
 def _measured_before(results_dir: str | Path, cfg: EfficiencyConfig, hardware: str) -> dict[tuple[str, int], str]:
     """{(model, length): status} of the cells already measured in ``results_dir`` by a sweep with the same settings on
     the same hardware, with a final status."""
-    done = {}
+    done, wanted = {}, _sweep_key(dataclasses.asdict(cfg))
     for row in load_efficiency_records(results_dir).itertuples():
         try:
             stored = json.loads(row.config)
         except (TypeError, ValueError):
             continue
-        sweep = EfficiencyConfig(**stored.get("sweep", stored)) if isinstance(stored, dict) else None
-        if sweep is not None and row.status in FINAL and row.device_name == hardware and _sweep_key(sweep) == _sweep_key(cfg):
+        if (isinstance(stored, dict) and row.status in FINAL and row.device_name == hardware
+                and _sweep_key(stored.get("sweep", stored)) == wanted):
             done[(row.model, int(row.seq_len))] = row.status
     return done
 

@@ -16,7 +16,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -70,17 +70,47 @@ def arrow_schema(record_type: type) -> pa.Schema:
                       for f in dataclasses.fields(record_type)])
 
 
+def write_atomic(path: str | Path, content: str | Callable[[Path], object]) -> Path:
+    """Write ``content`` (text, or ``content(tmp)`` writes the file) to a unique temporary name in ``path``'s folder,
+    fsync, rename it to ``path`` and fsync the folder. The rename is atomic on a POSIX file system (NFS included):
+    readers and concurrent writers never see a partial file, the last rename wins, and a crash leaves the old file
+    or the new one. The temporary is removed whatever happens (``.<name>.<random>.tmp`` if a kill prevents it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")   # unique across processes and hosts
+    try:
+        if isinstance(content, str):
+            tmp.write_text(content, encoding="utf-8")
+        else:
+            content(tmp)
+        with open(tmp, "rb") as fh:   # the bytes reach the disk before the rename makes them visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)       # and the rename itself survives a crash of the machine
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_row(rec: Any, out_dir: Path, stem: str) -> Path:
     """Store the dataclass ``rec`` as its own Parquet file ``<out_dir>/<stem>__<time>__<random>.parquet``, atomically
-    (temporary name, fsync, rename): a crash never leaves a partial file and concurrent writers never collide."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (``write_atomic``): a crash never leaves a partial file and concurrent writers never collide."""
     name = f"{stem}__{time.strftime('%Y%m%d-%H%M%S')}__{uuid.uuid4().hex[:8]}.parquet"
-    tmp = out_dir / f".{name}.tmp"
-    pq.write_table(pa.Table.from_pylist([dataclasses.asdict(rec)], schema=arrow_schema(type(rec))), tmp)
-    with open(tmp, "rb") as fh:  # the bytes reach the disk before the rename makes them visible
-        os.fsync(fh.fileno())
-    os.replace(tmp, out_dir / name)
-    return out_dir / name
+    table = pa.Table.from_pylist([dataclasses.asdict(rec)], schema=arrow_schema(type(rec)))
+    return write_atomic(out_dir / name, lambda tmp: pq.write_table(table, tmp))
 
 
 def load_rows(folder: Path, record_type: type) -> pd.DataFrame:
@@ -121,16 +151,8 @@ def consolidate(results_dir: str | Path) -> Path:
     """Gather every record of ``results_dir`` into one Parquet file, ``<results_dir>/records.parquet`` (atomically
     replaced; the per-run files stay the source of truth). Safe while other processes still add records: a record
     stored after the gathering is simply in the next consolidation."""
-    df = load_records(results_dir)
-    out = Path(results_dir) / "records.parquet"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    table = pa.Table.from_pandas(df, schema=arrow_schema(RunRecord), preserve_index=False)
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
-    return out
-
+    table = pa.Table.from_pandas(load_records(results_dir), schema=arrow_schema(RunRecord), preserve_index=False)
+    return write_atomic(Path(results_dir) / "records.parquet", lambda tmp: pq.write_table(table, tmp))
 
 if __name__ == "__main__":
     import argparse

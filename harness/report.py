@@ -25,7 +25,8 @@ from harness import plots
 from harness.efficiency import EfficiencyRecord, efficiency_dir, load_efficiency_records
 from harness.records import RunRecord, load_records, records_dir
 from harness.reference import published_efficiency
-from harness.tables import MAX_REWRITES, format_table_markdown, stored_files, write_atomic
+from harness.records import write_atomic
+from harness.tables import MAX_REWRITES, format_table_markdown, stored_files
 
 __all__ = ["write_report", "main"]
 

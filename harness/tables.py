@@ -22,19 +22,16 @@ Conventions, in one place:
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
-from harness.records import load_records, records_dir
+from harness.records import load_records, records_dir, write_atomic
 from harness.reference import published_accuracy, short_source
 
-__all__ = ["latest_runs", "accuracy_long", "accuracy_table", "format_table_markdown", "write_tables", "write_atomic",
-           "stored_files"]
+__all__ = ["latest_runs", "accuracy_long", "accuracy_table", "format_table_markdown", "write_tables", "stored_files"]
 
 TASK_ORDER = ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "scifar", "speech_commands")
 TASK_TITLES = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
@@ -237,26 +234,6 @@ def format_table_markdown(records: pd.DataFrame, tasks: list[str] | None = None,
     if table.attrs["footnotes"]:
         lines += [f"- {n}" for n in table.attrs["footnotes"]] + [""]
     return "\n".join(lines)
-
-
-def write_atomic(path: str | Path, content: str | Callable[[Path], object]) -> Path:
-    """Write ``content`` (text, or ``content(tmp)`` writes the file) to a unique temporary name in ``path``'s folder,
-    fsync, then rename it to ``path``, which is atomic on a POSIX file system (NFS included): readers and concurrent
-    writers never see a partial file; the last rename wins."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")   # unique across processes and hosts
-    try:
-        if isinstance(content, str):
-            tmp.write_text(content, encoding="utf-8")
-        else:
-            content(tmp)
-        with open(tmp, "rb") as fh:   # the bytes reach the disk before the rename makes them visible
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def stored_files(folders: Iterable[Path]) -> frozenset[Path]:
