@@ -2,11 +2,14 @@
 
     python run_suite.py                                   # the default suite, `quick`
     python run_suite.py suite=quick 'models=[lstm]' train.max_steps=100
-    python run_suite.py --cfg job                         # print the resolved configuration
+    python run_suite.py suite=lra train.epochs=1 dry_run=true   # each planned run as a JSON line, with the source
+                                                          # of every value; nothing runs
+    python run_suite.py --cfg job                         # print the top-level configuration
     torchrun --nproc_per_node=4 run_suite.py ...          # data parallel, same command line
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from harness.suite import run_suite  # noqa: E402
+from harness.suite import plan_runs, run_suite  # noqa: E402
 from harness.tables import format_table_markdown  # noqa: E402
 from harness.records import load_records  # noqa: E402
 
@@ -35,6 +38,8 @@ def _interrupt(signum, frame):  # SIGTERM (scancel, a SLURM pre-emption, torchru
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+    if cfg.get("dry_run"):
+        return dry_run(cfg)
     records, paths = run_suite(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
@@ -50,6 +55,23 @@ def main(cfg: DictConfig) -> None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # an exception fails this job; SystemExit would end the sweep
             raise RuntimeError(message)
         print(message, file=sys.stderr)
+        sys.exit(1)
+
+
+def dry_run(cfg: DictConfig) -> None:
+    """One JSON object per planned run on stdout (machine-readable); everything said for people goes to stderr."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+    plans = plan_runs(cfg)
+    for plan in plans:
+        print(json.dumps(plan, sort_keys=True, default=str), flush=True)
+    failed = [p for p in plans if "error" in p]
+    print(f"dry run: {len(plans)} planned run(s) of suite {cfg.suite_name}, nothing run"
+          + (f"; {len(failed)} cannot run (their lines say why)" if failed else ""), file=sys.stderr)
+    if failed:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise RuntimeError(f"{len(failed)} planned run(s) cannot run")
         sys.exit(1)
 
 

@@ -14,7 +14,7 @@ attention layers with ``n_heads`` heads), the layer's other hyperparameters from
     were resident before), an upper bound on what the step itself needs;
   * inference: forward passes under ``torch.inference_mode`` in eval mode, median of ``repeats``: samples/s;
   * generation, for layers with ``step`` (and the transformer, through its key/value cache): the causal variant
-    of the layer (its config's ``per_task.first_token`` hyperparameters), ``n_layers`` pre-norm residual blocks,
+    of the layer (its model file's ``causal:`` block), ``n_layers`` pre-norm residual blocks,
     ``gen_batch`` sequences grown one token at a time for ``min(L, gen_max_len)`` steps from the zero state:
     tokens/s (all sequences' tokens over wall time).
 
@@ -43,7 +43,7 @@ import pandas as pd
 
 from harness.records import load_rows, write_row
 
-__all__ = ["EfficiencyConfig", "EfficiencyRecord", "write_efficiency_record", "load_efficiency_records",
+__all__ = ["EfficiencyConfig", "EfficiencyRecord", "write_efficiency_record", "load_efficiency_records", "cell_settings",
            "efficiency_dir", "measure_cell", "run_efficiency"]
 
 log = logging.getLogger(__name__)
@@ -114,29 +114,33 @@ def load_efficiency_records(results_dir: str | Path) -> pd.DataFrame:
 
 
 # -- one cell, measured in the current process ------------------------------------------------------------------
-def _model_file(model: str) -> dict:
-    from omegaconf import OmegaConf
+def cell_settings(model: str, cfg: EfficiencyConfig, suite_cfg: Any = None) -> dict[str, Any]:
+    """The layer's settings for the sweep, through the one config resolver (``harness.config.resolve_run`` on the
+    Text task's shape): ``backbone`` and ``hparams`` of the measured model, and ``causal_hparams`` of its causal
+    variant (the model file's ``causal:`` block; None with ``causal_na`` saying why, for a layer without one).
 
-    path = ROOT / "configs" / "model" / f"{model}.yaml"
-    if not path.is_file():
-        raise KeyError(f"no configs/model/{model}.yaml")
-    return OmegaConf.to_container(OmegaConf.load(path))
+    With the suite's config ``suite_cfg`` the suite's recipe, ``model_overrides`` and its ``efficiency:`` width, depth
+    and heads apply with their usual ranks (a command-line value wins); without one (a direct call), the model's
+    file with ``cfg``'s width, depth and heads on top."""
+    from harness.config import compose_config, efficiency_layer, resolve_run
 
+    if suite_cfg is None:
+        base, extra = compose_config(["suite=efficiency"]), [("the EfficiencyConfig given", dataclasses.asdict(cfg))]
+    else:
+        base, extra = suite_cfg, []
 
-def cell_settings(model: str, cfg: EfficiencyConfig) -> dict[str, Any]:
-    """The layer's hyperparameters (bidirectional and causal variants) and backbone for the benchmark setup."""
-    import inspect
+    def resolve(causal: bool) -> dict[str, Any]:
+        run = resolve_run(base, "text", model, 0, causal=causal, efficiency=True,
+                          extra=[(label, efficiency_layer(block, model)) for label, block in extra])
+        return run.config["model"]
 
-    from models.registry import _LAYERS
-
-    raw = _model_file(model)
-    accepts = inspect.signature(_LAYERS.get(model)).parameters
-    hparams = dict(raw.get("hparams") or {})
-    if "n_heads" in accepts:
-        hparams["n_heads"] = cfg.n_heads
-    causal = {**hparams, **((raw.get("per_task") or {}).get("first_token", {}).get("hparams", {}))}
-    backbone = {**(raw.get("backbone") or {}), "d_model": cfg.d_model, "n_layers": cfg.n_layers}
-    return {"hparams": hparams, "causal_hparams": causal, "backbone": backbone}
+    plain = resolve(False)
+    out = {"hparams": plain.get("hparams") or {}, "backbone": plain.get("backbone") or {}}
+    try:
+        out["causal_hparams"] = resolve(True).get("hparams") or {}
+    except ValueError as exc:  # no causal form (e.g. linformer)
+        out["causal_hparams"], out["causal_na"] = None, str(exc)
+    return out
 
 
 def _median_time(fn, device, n: int) -> float:
@@ -161,16 +165,19 @@ def _generation(model: str, settings: dict, cfg: EfficiencyConfig, length: int, 
     from models.registry import build_layer
 
     n_tokens = min(length, cfg.gen_max_len)
-    d, ff = cfg.d_model, int(settings["backbone"].get("ff_expand") or 0)
+    if settings.get("causal_hparams") is None:
+        return {"gen_status": f"n/a: {settings.get('causal_na', 'no causal form')}"}
+    d, ff = int(settings["backbone"]["d_model"]), int(settings["backbone"].get("ff_expand") or 0)
+    n_layers = int(settings["backbone"]["n_layers"])
     try:
-        layers = [build_layer(model, d_model=d, l_max=n_tokens, **settings["causal_hparams"]) for _ in range(cfg.n_layers)]
-    except ValueError as exc:  # no causal form (e.g. linformer)
+        layers = [build_layer(model, d_model=d, l_max=n_tokens, **settings["causal_hparams"]) for _ in range(n_layers)]
+    except ValueError as exc:  # no causal form
         return {"gen_status": f"n/a: {exc}"}
     if not hasattr(layers[0], "step"):
         return {"gen_status": "n/a: no recurrent mode"}
     blocks = nn.ModuleList(layers).to(device).eval()
-    norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(2 * cfg.n_layers)).to(device).eval()
-    ffs = nn.ModuleList(FeedForward(d, ff, 0.0) for _ in range(cfg.n_layers if ff else 0)).to(device).eval()
+    norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(2 * n_layers)).to(device).eval()
+    ffs = nn.ModuleList(FeedForward(d, ff, 0.0) for _ in range(n_layers if ff else 0)).to(device).eval()
 
     def run(steps: int) -> None:
         states = [layer.default_state(cfg.gen_batch) for layer in blocks]
@@ -189,8 +196,9 @@ def _generation(model: str, settings: dict, cfg: EfficiencyConfig, length: int, 
             "gen_batch": cfg.gen_batch}
 
 
-def measure_cell(model: str, length: int, cfg: EfficiencyConfig) -> dict[str, Any]:
-    """Every figure of one (model, length), in this process; the fields of an EfficiencyRecord."""
+def measure_cell(model: str, length: int, cfg: EfficiencyConfig, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every figure of one (model, length), in this process; the fields of an EfficiencyRecord. ``settings``: the
+    model's resolved settings (``cell_settings``; resolved here from ``cfg`` when not given)."""
     import torch
     import torch.nn.functional as F
 
@@ -203,7 +211,7 @@ def measure_cell(model: str, length: int, cfg: EfficiencyConfig) -> dict[str, An
     from tasks import task_spec
 
     device = resolve_device(cfg.device)
-    settings = cell_settings(model, cfg)
+    settings = settings if settings is not None else cell_settings(model, cfg)
     spec = task_spec("text", l_max=length)      # the byte-level Text task's shape: vocabulary 257, 2 classes
     torch.manual_seed(0)
     net = build_model(model, spec, settings["backbone"], settings["hparams"]).to(device)
@@ -245,8 +253,9 @@ def measure_cell(model: str, length: int, cfg: EfficiencyConfig) -> dict[str, An
 
 
 # -- the sweep: one child process per cell ----------------------------------------------------------------------
-def _run_child(model: str, length: int, cfg: EfficiencyConfig, timeout_s: float) -> dict[str, Any]:
-    payload = json.dumps({"model": model, "length": length, "cfg": dataclasses.asdict(cfg)})
+def _run_child(model: str, length: int, cfg: EfficiencyConfig, settings: dict[str, Any],
+               timeout_s: float) -> dict[str, Any]:
+    payload = json.dumps({"model": model, "length": length, "cfg": dataclasses.asdict(cfg), "settings": settings})
     try:
         proc = subprocess.run([sys.executable, "-m", "harness.efficiency", "--cell", payload], cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout_s)
@@ -286,11 +295,12 @@ def _measured_before(results_dir: str | Path, cfg: EfficiencyConfig, hardware: s
 
 
 def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | Path, suite: str = "",
-                   progress: bool = True, resume: bool = True) -> list[EfficiencyRecord]:
+                   progress: bool = True, resume: bool = True, suite_cfg: Any = None) -> list[EfficiencyRecord]:
     """Measure every (model, length), all models at each length before the next, longer, one; store each record
     as soon as it exists. With ``resume``, cells that a sweep with the same settings already measured on this hardware
-    in ``results_dir`` are not measured again (a restarted suite picks up where it stopped). Returns the new records
-    in that order."""
+    in ``results_dir`` are not measured again (a restarted suite picks up where it stopped). Each model's settings
+    come from the config resolver (``cell_settings``, with the suite's config ``suite_cfg`` when given). Returns the
+    new records in that order."""
     import torch
 
     from harness.env import device_name, git_commit, resolve_device
@@ -325,11 +335,17 @@ def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | 
         elif model in stopped:
             result = {"status": f"skipped: {stopped[model]}"}
         else:
-            result = _run_child(model, length, cfg, timeout_s)
+            try:
+                settings = cell_settings(model, cfg, suite_cfg)
+            except Exception as exc:  # noqa: BLE001 - a model whose config cannot be resolved: its cells say why
+                result = {"status": f"error: {type(exc).__name__}: {exc}"[:2000]}
+            else:
+                result = _run_child(model, length, cfg, settings, timeout_s)
             if result["status"] in ("oom", "over_budget"):
                 stopped[model] = f"{result['status']} at L={length}"
         settings = result.pop("settings", None)
-        rec = EfficiencyRecord(model=model, seq_len=length, **base,
+        sizes = {k: int(settings["backbone"][k]) for k in ("d_model", "n_layers")} if settings else {}
+        rec = EfficiencyRecord(model=model, seq_len=length, **{**base, **sizes},
                                **{k: v for k, v in result.items() if k in fields})
         if settings is not None:
             rec.config = json.dumps({"sweep": dataclasses.asdict(cfg), "cell": settings}, sort_keys=True, default=str)
@@ -349,7 +365,7 @@ def _child_main(payload: str) -> int:
     job = json.loads(payload)
     cfg = EfficiencyConfig(**job["cfg"])
     try:
-        result = measure_cell(job["model"], int(job["length"]), cfg)
+        result = measure_cell(job["model"], int(job["length"]), cfg, job.get("settings"))
     except Exception as exc:  # reported as the cell's status; the sweep goes on
         result = {"status": "oom" if is_oom(exc) else f"error: {type(exc).__name__}: {exc}"[:2000]}
     print(RESULT_TAG + json.dumps(result, default=str), flush=True)

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from harness.suite import resolve_run_config
+from harness.config import resolve_run_config
 from models.backbone import build_model
 from tasks import task_spec
 

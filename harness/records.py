@@ -55,6 +55,8 @@ class RunRecord:
     git_commit: str = ""
     config_hash: str = ""
     config: str = ""                           # resolved config, JSON
+    config_sources: str = ""                   # where each value of the config came from (file and block, or the
+                                               # command line), JSON {dotted key: source}
     task_info: str = ""                        # task variant, sizes, vocabulary, data source, JSON
     timestamp: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
@@ -124,7 +126,11 @@ def load_rows(folder: Path, record_type: type) -> pd.DataFrame:
             warnings.warn(f"skipping unreadable record {path}: {exc}", stacklevel=2)
     if not frames:
         return pd.DataFrame(columns=[f.name for f in dataclasses.fields(record_type)])
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    for f in dataclasses.fields(record_type):  # records written before a field existed hold no value for it
+        if f.name not in df.columns:
+            df[f.name] = None
+    return df
 
 
 def config_hash(config: Any) -> str:

@@ -1,13 +1,7 @@
 """The suite runner: tasks x models x seeds, one RunRecord each, whatever happens to any one run.
 
-Per-run configuration is layered, later entries winning:
-    train group (configs/train) < model file's ``train`` < model's ``per_task[<task>]``
-        < the suite's recipe ``configs/recipes/<set>/<model>.yaml: per_task[<task>]`` < suite's ``model_overrides[<model>]``
-    task file's ``options`` < ``per_task[<task>].task`` (model file, then recipe) < suite's ``task_overrides[<task>]``
-The hyperparameters of a (task, model) pair live in config files: generic ones in the model file's ``per_task``
-(e.g. causal read-out for first_token), published per-benchmark ones in a recipe (``recipe: lra`` in the lra suite),
-so that a smoke-test suite on the same task names does not inherit a 200-epoch LRA recipe.
-The command line edits the top-level config, e.g. ``train.max_steps=100`` or ``'models=[lstm]'``.
+Each run's configuration comes from ``harness.config.resolve_run`` (defaults < model file < recipe < suite <
+command line, every value with its source); ``dry_run=true`` prints those plans as JSON lines and runs nothing.
 """
 from __future__ import annotations
 
@@ -21,13 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose
-from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 import models  # noqa: F401  (registers the layers)
 import tasks  # noqa: F401  (registers the tasks)
 from harness.checkpoint import Checkpointer, RunLock
+from harness.config import Run, resolve_run, resolve_run_config
 from harness.distributed import barrier, broadcast, init_from_env, is_main, local_device, rank_world, shutdown
 from harness.efficiency import EfficiencyConfig, run_efficiency
 from harness.env import device_name, git_commit, resolve_device
@@ -41,81 +34,6 @@ from models.registry import kernel_backends, list_layers
 from tasks.registry import DatasetMissingError, build_task, list_tasks
 
 log = logging.getLogger(__name__)
-
-
-def _compose_group(group: str, name: str, known: list[str]) -> DictConfig:
-    if name not in known:
-        raise KeyError(f"unknown {group} {name!r}; known: {', '.join(known)}")
-    try:
-        return compose(config_name=f"{group}/{name}")[group]
-    except MissingConfigException as exc:
-        raise KeyError(f"{group} {name!r} is registered but has no configs/{group}/{name}.yaml") from exc
-
-
-def _merge(*parts: Any) -> dict:
-    return OmegaConf.to_container(OmegaConf.merge(*[OmegaConf.create(p or {}) for p in parts]), resolve=True)
-
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def recipe_block(recipe: str | None, task: str, model: str) -> dict:
-    """The settings of ``configs/recipes/<recipe>/<model>.yaml`` for ``task`` ({} when the recipe has no file for the
-    model). A recipe file has up to four keys, later ones winning:
-
-        base: {model: transformer, take: [task, train]}   # start from those parts of another model's block
-        all_tasks: {...}                                  # then settings shared by every task
-        per_task: {<task>: {...}}                         # then this task's own
-        comparison: apples-to-apples | free-for-all       # the parameter rule (harness/params.py), copied to records
-    """
-    if not recipe:
-        return {}
-    folder = CONFIGS / "recipes" / recipe
-    if not folder.is_dir():
-        known = sorted(p.name for p in (CONFIGS / "recipes").iterdir() if p.is_dir())
-        raise KeyError(f"unknown recipe {recipe!r}; known: {', '.join(known)}")
-    path = folder / f"{model}.yaml"
-    if not path.is_file():
-        return {}
-    recipe_cfg = OmegaConf.to_container(OmegaConf.load(path))
-    unknown = sorted(set(recipe_cfg) - {"base", "all_tasks", "per_task", "comparison"})
-    if unknown:
-        raise KeyError(f"{path}: unknown key(s) {', '.join(unknown)}; a recipe file has base, all_tasks, per_task, comparison")
-    inherited = {}
-    if recipe_cfg.get("base"):
-        base = recipe_cfg["base"]
-        if base.get("model") == model:
-            raise KeyError(f"{path}: base model is the recipe's own model")
-        inherited = {k: v for k, v in recipe_block(recipe, task, base["model"]).items() if k in base.get("take", [])}
-    block = _merge(inherited, recipe_cfg.get("all_tasks"), recipe_cfg.get("per_task", {}).get(task, {}))
-    block.pop("comparison", None)
-    if "comparison" in recipe_cfg:
-        block["comparison"] = recipe_cfg["comparison"]
-    return block
-
-
-def resolve_run_config(cfg: DictConfig, task: str, model: str, seed: int) -> dict:
-    """The fully resolved, JSON-able configuration of one (task, model, seed) run."""
-    task_cfg = _compose_group("task", task, list_tasks())
-    model_cfg = _compose_group("model", model, list_layers())
-    per_task = (model_cfg.get("per_task") or {}).get(task, {})
-    model_res = _merge({k: v for k, v in model_cfg.items() if k != "per_task"}, per_task,
-                       recipe_block(cfg.get("recipe"), task, model), (cfg.get("model_overrides") or {}).get(model, {}))
-    task_for_model = model_res.pop("task", {})
-    train = _merge(cfg.train, model_res.pop("train", {}), {"seed": seed, "device": cfg.device})
-    bad = sorted(set(train) - {f.name for f in fields(TrainConfig)})
-    if bad:
-        raise TypeError(f"unknown train option(s) {', '.join(map(repr, bad))}; accepted: "
-                        f"{', '.join(f.name for f in fields(TrainConfig))}")
-    return {
-        "suite": cfg.suite_name,
-        "recipe": cfg.get("recipe"),
-        "task": {"name": task, "options": _merge(task_cfg.get("options"), task_for_model,
-                                                 (cfg.get("task_overrides") or {}).get(task, {}))},
-        "model": model_res,
-        "train": train,
-        "data_dir": str(Path(str(cfg.data_dir)).expanduser()),
-    }
 
 
 def _seed_everything(seed: int) -> None:
@@ -149,8 +67,9 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str 
                 git_commit=git_commit())
     try:
         dev_type = resolve_device(cfg.device).type
-        run_cfg = resolve_run_config(cfg, task, model, seed)
-        base.update(config=_json(run_cfg), config_hash=run_hash(run_cfg))
+        run = resolve_run(cfg, task, model, seed)
+        run_cfg = run.config
+        base.update(config=_json(run_cfg), config_sources=_json(run.sources), config_hash=run_hash(run_cfg))
         train_cfg = TrainConfig(**{**run_cfg["train"], "device": local_device(str(cfg.device))})
         checkpointer = None
         if results_dir is not None:
@@ -164,6 +83,7 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str 
         rec = fit(net, t, train_cfg, model_name=model, checkpointer=checkpointer)
         in_fit = False
         return replace(rec, suite=base["suite"], config=base["config"], config_hash=base["config_hash"],
+                       config_sources=base["config_sources"],
                        task_info=_json(t.spec.info), kernel_backend=kernel_backends(net),
                        comparison=str(run_cfg["model"].get("comparison", "")))
     except DatasetMissingError as exc:
@@ -217,6 +137,20 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
+def plan_runs(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Every (task, model, seed) of the suite as it would run: ``Run.as_json_dict()`` (task, model, seed, the resolved
+    config and each value's source), or ``{task, model, seed, error}`` for a run whose config cannot be resolved.
+    Reads config files only: no data, no model, no results folder (``dry_run=true``)."""
+    plans = []
+    for task, model, seed in ((t, m, int(s)) for t in cfg.tasks for m in cfg.models for s in cfg.seeds):
+        try:
+            plans.append(resolve_run(cfg, task, model, seed).as_json_dict())
+        except Exception as exc:  # noqa: BLE001 - said in the plan, as the run's record would say it
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            plans.append({"task": task, "model": model, "seed": seed, "error": f"{type(exc).__name__}: {msg}"})
+    return plans
+
+
 def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     """Run every (task, model, seed) of the suite, storing each record as soon as it exists; then write the tables,
     run the suite's efficiency sweep if it has one, and write its REPORT.md (tables, plots) from the stored records."""
@@ -267,7 +201,8 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     if eff_cfg is not None:
         log.info("efficiency: %d models x lengths %s", len(eff_models), list(eff_cfg.lengths))
         run_efficiency(eff_cfg, eff_models, results_dir, suite=str(cfg.suite_name),
-                       progress=bool(cfg.train.get("progress", True)), resume=bool(cfg.get("resume", True)))
+                       progress=bool(cfg.train.get("progress", True)), resume=bool(cfg.get("resume", True)),
+                       suite_cfg=cfg)
     paths["report"] = write_report([results_dir], out=results_dir / "REPORT.md")
     return records, paths
 
@@ -291,4 +226,4 @@ def efficiency_settings(cfg: DictConfig) -> tuple[EfficiencyConfig | None, list[
     return eff, models
 
 
-__all__ = ["checkpoint_path", "efficiency_settings", "resolve_run_config", "run_hash", "run_one", "run_suite"]
+__all__ = ["checkpoint_path", "efficiency_settings", "plan_runs", "resolve_run_config", "run_hash", "run_one", "run_suite"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from harness.registry import Registry
 
-__all__ = ["register_layer", "build_layer", "list_layers", "kernel_backends"]
+__all__ = ["register_layer", "build_layer", "list_layers", "layer_factory", "kernel_backends"]
 
 _LAYERS: Registry[Callable[..., nn.Module]] = Registry("layer")
 
@@ -25,6 +25,11 @@ def register_layer(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def list_layers() -> list[str]:
     return _LAYERS.names()
+
+
+def layer_factory(name: str) -> Callable[..., nn.Module]:
+    """The registered factory of ``name`` (its signature lists the layer's hyperparameters)."""
+    return _LAYERS.get(name)
 
 
 def build_layer(name: str, d_model: int, l_max: int, **hparams: Any) -> nn.Module:

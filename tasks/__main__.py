@@ -25,7 +25,6 @@ import yaml
 
 from harness.env import set_offline_defaults
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = {"lra": ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]}
 GROUPS["extended"] = GROUPS["lra"] + ["scifar", "speech_commands"]
 
@@ -41,10 +40,10 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def task_options(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The options of configs/task/<name>.yaml, with overrides on top."""
-    path = CONFIGS / "task" / f"{name}.yaml"
-    opts = (yaml.safe_load(path.read_text()) or {}).get("options") or {} if path.is_file() else {}
-    return {**opts, **(overrides or {})}
+    """The options of configs/task/<name>.yaml, with overrides on top (read by the one config reader)."""
+    from harness.config import task_options as configured
+
+    return configured(name, overrides)
 
 
 def _expand(names: list[str]) -> list[str]:

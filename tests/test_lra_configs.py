@@ -106,11 +106,17 @@ def test_apples_to_apples_baselines_match_the_transformers_parameter_count():
 
 
 def test_recipe_base_inherits_the_named_parts_only():
-    from harness.suite import recipe_block
+    from harness.config import compose_config, resolve_run
 
-    transformer, performer = recipe_block("lra", "text", "transformer"), recipe_block("lra", "text", "performer")
-    assert performer["train"] == transformer["train"] and performer["backbone"] == transformer["backbone"]
-    assert performer["hparams"] == {"n_heads": 4} and performer["comparison"] == "apples-to-apples"
-    lstm = recipe_block("lra", "text", "lstm")
-    assert "hparams" not in lstm and lstm["train"] == transformer["train"] and lstm["backbone"]["n_layers"] == 4
-    assert recipe_block("lra", "text", "s4")["comparison"] == "free-for-all"
+    cfg = compose_config(["suite=lra"])
+    transformer, performer, lstm = (resolve_run(cfg, "text", m) for m in ("transformer", "performer", "lstm"))
+    assert performer.config["train"] == transformer.config["train"]
+    assert performer.config["model"]["backbone"] == transformer.config["model"]["backbone"]
+    assert performer.config["model"]["hparams"]["n_heads"] == 4 and performer.config["model"]["comparison"] == "apples-to-apples"
+    assert performer.sources["train.lr"] == ("configs/recipes/lra/transformer.yaml: per_task.text (taken by "
+                                             "configs/recipes/lra/performer.yaml: base.take ['task', 'train', 'backbone'])")
+    assert performer.sources["model.hparams.n_heads"] == "configs/recipes/lra/performer.yaml: per_task.text"
+    assert "attn_dropout" not in performer.config["model"]["hparams"]  # the transformer's hparams are not taken
+    assert lstm.config["train"] == transformer.config["train"] and lstm.config["model"]["backbone"]["n_layers"] == 4
+    assert lstm.sources["model.hparams.bidirectional"] == "configs/model/lstm.yaml"
+    assert resolve_run(cfg, "text", "s4").config["model"]["comparison"] == "free-for-all"

@@ -1,0 +1,419 @@
+"""One resolver for the configuration of every run, with the source of every value.
+
+Every tool that needs a run's settings (the suite runner and its dry run, the efficiency sweep, ``python -m tasks``,
+``harness.params``, benchmarks and tests) calls ``resolve_run``; config files are read in one way only
+(``read_config``: a Hydra compose of the file under ``configs/``).
+
+A run's configuration is built from layers, later ones winning, each value remembering the layer that set it:
+
+    defaults        configs/train/<train>.yaml; configs/task/<task>.yaml ``options``
+    model file      configs/model/<model>.yaml; its ``causal`` block when the task reads out causally
+                    (``causal: true`` in the task file); its ``per_task.<task>`` block
+    recipe          configs/recipes/<recipe>/<model>.yaml (its ``base`` model's blocks it takes, ``all_tasks``,
+                    ``per_task.<task>``), when the suite names a recipe
+    suite           configs/suite/<suite>.yaml ``train``, ``model_overrides.<model>``, ``task_overrides.<task>``
+    command line    the same three keys given on the command line (``train.epochs=1``,
+                    ``+model_overrides.s4.hparams.d_state=32``, ``+task_overrides.listops.batch_size=16``)
+
+Nothing sits above the command line: a value set there reaches every run it applies to. Within a layer, the
+``train`` block comes first, then ``model_overrides`` and then ``task_overrides`` (the more specific block wins).
+A model or recipe block may hold ``task:`` (task options, e.g. a batch size) and ``train:`` entries beside the
+model's ``name``, ``hparams`` and ``backbone``.
+
+The resolved config is ``{suite, recipe, task: {name, options}, model: {name, hparams, backbone, comparison},
+train: {...}, data_dir}``; ``Run.sources`` maps every dotted leaf path of it (``train.lr``,
+``model.backbone.d_model``) to the file and block, or the command-line override, that set it.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["CONFIGS", "Run", "read_config", "config_exists", "command_line", "recipe_layers", "resolve_run",
+           "resolve_run_config", "task_options", "efficiency_layer", "compose_config"]
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+COMMAND_LINE = "command line"
+RECIPE_KEYS = ("base", "all_tasks", "per_task", "comparison")
+MODEL_FILE_KEYS = ("name", "hparams", "backbone", "train", "task", "per_task", "causal")
+BLOCK_KEYS = ("hparams", "backbone", "train", "task", "comparison", "name")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One planned (task, model, seed): its resolved config and the source of each of its values."""
+    task: str
+    model: str
+    seed: int
+    config: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def as_json_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "model": self.model, "seed": self.seed, "config": self.config,
+                "sources": self.sources}
+
+
+# -- reading config files: one way ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _hydra_context() -> Iterator[None]:
+    """Hydra's compose needs an initialised Hydra: the running application's (run_suite.py) or, outside one, ours."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield
+    else:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            yield
+
+
+def config_exists(path: str) -> bool:
+    return (CONFIGS / f"{path}.yaml").is_file()
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """The content of ``configs/<path>.yaml`` (e.g. ``model/s4``, ``recipes/lra/s4``, ``suite/quick``) as plain
+    containers, interpolations resolved; the file's package nesting (``model:``, ``recipes: lra:``) removed."""
+    from hydra import compose
+
+    if not config_exists(path):
+        raise FileNotFoundError(f"no configs/{path}.yaml")
+    with _hydra_context():
+        cfg = compose(config_name=path)
+    node = OmegaConf.to_container(cfg, resolve=True)
+    for part in path.split("/")[:-1]:  # a group file's content sits under its group's keys
+        if isinstance(node, dict) and set(node) == {part}:
+            node = node[part]
+    return node or {}
+
+
+def task_options(task: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options of ``configs/task/<task>.yaml``, with ``overrides`` on top (``python -m tasks``)."""
+    opts = dict(read_config(f"task/{task}").get("options") or {}) if config_exists(f"task/{task}") else {}
+    return {**opts, **(overrides or {})}
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+GROUPS = ("suite", "train")  # config groups: `suite=lra` chooses a file, it sets no value
+
+
+def command_line(cfg: DictConfig) -> list[str]:
+    """The command-line overrides that made ``cfg``: from the running Hydra application, else from a ``hydra`` node
+    (``compose(..., return_hydra_config=True)``), else from ``cfg.command_line`` (``harness.config.compose_config``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    if "hydra" in cfg and OmegaConf.select(cfg, "hydra.overrides.task") is not None:
+        return list(OmegaConf.select(cfg, "hydra.overrides.task"))
+    return list(cfg.get("command_line") or [])
+
+
+def _group_choice(cfg: DictConfig, group: str, default: str) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+    else:
+        choice = OmegaConf.select(cfg, f"hydra.runtime.choices.{group}") if "hydra" in cfg else None
+    for override in _parsed(command_line(cfg)):
+        if override.key_or_group == group and isinstance(override.value(), str):
+            choice = choice or override.value()
+    return str(choice or default)
+
+
+def _parsed(overrides: list[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides) if overrides else []
+
+
+def _cli_keys(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(dotted key, the override as typed) of every value the command line set, in command-line order."""
+    out = []
+    for override, text in zip(_parsed(command_line(cfg)), command_line(cfg)):
+        key = override.key_or_group
+        if override.is_delete() or (key in GROUPS and isinstance(override.value(), str)):
+            continue
+        out.append((key, text))
+    return out
+
+
+# -- layers -----------------------------------------------------------------------------------------------------
+def _split_block(block: dict[str, Any]) -> dict[str, Any]:
+    """A model/recipe/override block as a partial run config: its ``task`` entries are task options, its ``train``
+    entries training settings, the rest the model's."""
+    block = dict(block or {})
+    out: dict[str, Any] = {}
+    if block.get("task"):
+        out["task"] = {"options": block.pop("task")}
+    else:
+        block.pop("task", None)
+    if block.get("train"):
+        out["train"] = block.pop("train")
+    else:
+        block.pop("train", None)
+    if block:
+        out["model"] = block
+    return out
+
+
+def recipe_layers(recipe: str | None, task: str, model: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """The layers of ``configs/recipes/<recipe>/<model>.yaml`` for ``task``, lowest first ([] when the recipe has no
+    file for the model). A recipe file has up to four keys:
+
+        base: {model: transformer, take: [task, train]}   # start from those parts of another model's blocks
+        all_tasks: {...}                                  # then settings shared by every task
+        per_task: {<task>: {...}}                         # then this task's own
+        comparison: apples-to-apples | free-for-all       # the parameter rule (harness/params.py), copied to records
+    """
+    if not recipe:
+        return []
+    folder = CONFIGS / "recipes" / recipe
+    if not folder.is_dir():
+        known = sorted(p.name for p in (CONFIGS / "recipes").iterdir() if p.is_dir())
+        raise KeyError(f"unknown recipe {recipe!r}; known: {', '.join(known)}")
+    if not config_exists(f"recipes/{recipe}/{model}"):
+        return []
+    name = f"configs/recipes/{recipe}/{model}.yaml"
+    raw = read_config(f"recipes/{recipe}/{model}")
+    raw.pop("source", None)  # the recipe's upstream citation (file and commit), documentation only
+    unknown = sorted(set(raw) - set(RECIPE_KEYS))
+    if unknown:
+        raise KeyError(f"{name}: unknown key(s) {', '.join(unknown)}; a recipe file has {', '.join(RECIPE_KEYS)}")
+    layers: list[tuple[str, dict]] = []
+    if raw.get("base"):
+        base = raw["base"]
+        if base.get("model") == model or base.get("model") in _seen:
+            raise KeyError(f"{name}: base model {base.get('model')!r} leads back to {model!r}")
+        take = list(base.get("take", []))
+        for label, part in recipe_layers(recipe, task, base["model"], (*_seen, model)):
+            kept = {k: v for k, v in _split_back(part).items() if k in take}
+            if kept:
+                layers.append((f"{label} (taken by {name}: base.take {take})", _split_block(kept)))
+    if raw.get("all_tasks"):
+        layers.append((f"{name}: all_tasks", _split_block(raw["all_tasks"])))
+    if (raw.get("per_task") or {}).get(task):
+        layers.append((f"{name}: per_task.{task}", _split_block(raw["per_task"][task])))
+    if "comparison" in raw:
+        layers.append((f"{name}: comparison", {"model": {"comparison": raw["comparison"]}}))
+    return layers
+
+
+def _split_back(part: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of ``_split_block``: a partial run config as a block (``task``, ``train``, model keys)."""
+    out = dict(part.get("model") or {})
+    out.pop("comparison", None)  # a model's parameter rule is its own recipe's, never inherited
+    if (part.get("task") or {}).get("options"):
+        out["task"] = part["task"]["options"]
+    if part.get("train"):
+        out["train"] = part["train"]
+    return out
+
+
+def efficiency_layer(block: dict[str, Any], model: str) -> dict[str, Any]:
+    """The model settings an efficiency sweep sets on every layer: width, depth and (attention layers) heads."""
+    accepts_heads = _accepts_heads(model)
+    out: dict[str, Any] = {"model": {"backbone": {}}}
+    for key in ("d_model", "n_layers"):
+        if key in block:
+            out["model"]["backbone"][key] = block[key]
+    if accepts_heads and "n_heads" in block:
+        out["model"]["hparams"] = {"n_heads": block["n_heads"]}
+    return out
+
+
+def _layers(cfg: DictConfig, task: str, model: str, causal: bool | None,
+            efficiency: bool) -> list[tuple[str, dict[str, Any]]]:
+    task_file = read_config(f"task/{task}") if config_exists(f"task/{task}") else {}
+    if not config_exists(f"model/{model}"):
+        raise KeyError(f"model {model!r} is registered but has no configs/model/{model}.yaml")
+    model_file = read_config(f"model/{model}")
+    unknown = sorted(set(model_file) - set(MODEL_FILE_KEYS))
+    if unknown:
+        raise KeyError(f"configs/model/{model}.yaml: unknown key(s) {', '.join(unknown)}; a model file has "
+                       f"{', '.join(MODEL_FILE_KEYS)}")
+    train_choice = _group_choice(cfg, "train", "default")
+    layers: list[tuple[str, dict]] = [
+        (f"configs/train/{train_choice}.yaml", {"train": read_config(f"train/{train_choice}")}),
+        (f"configs/task/{task}.yaml: options", {"task": {"options": task_file.get("options") or {}}}),
+        (f"configs/model/{model}.yaml", _split_block({k: v for k, v in model_file.items()
+                                                      if k not in ("per_task", "causal")})),
+    ]
+    if causal if causal is not None else bool(task_file.get("causal")):
+        if "causal" not in model_file:
+            raise ValueError(f"{model} has no causal form (configs/model/{model}.yaml has no causal: block), and "
+                             f"{task if causal is None else 'this run'} reads out causally")
+        layers.append((f"configs/model/{model}.yaml: causal", _split_block(model_file["causal"] or {})))
+    if (model_file.get("per_task") or {}).get(task):
+        layers.append((f"configs/model/{model}.yaml: per_task.{task}", _split_block(model_file["per_task"][task])))
+    layers += recipe_layers(cfg.get("recipe"), task, model)
+
+    suite_choice = _group_choice(cfg, "suite", str(cfg.get("suite_name", "")))
+    suite_file = read_config(f"suite/{suite_choice}") if config_exists(f"suite/{suite_choice}") else {}
+    name = f"configs/suite/{suite_choice}.yaml"
+    if suite_file.get("train"):
+        layers.append((f"{name}: train", {"train": suite_file["train"]}))
+    eff_block = dict(suite_file.get("efficiency") or {})
+    if efficiency and eff_block:
+        layers.append((f"{name}: efficiency", efficiency_layer(eff_block, model)))
+    if (suite_file.get("model_overrides") or {}).get(model):
+        layers.append((f"{name}: model_overrides.{model}", _split_block(suite_file["model_overrides"][model])))
+    if (suite_file.get("task_overrides") or {}).get(task):
+        layers.append((f"{name}: task_overrides.{task}", {"task": {"options": suite_file["task_overrides"][task]}}))
+
+    base = {"train": {**read_config(f"train/{train_choice}"), **(suite_file.get("train") or {})},
+            "efficiency": eff_block, "model_overrides": suite_file.get("model_overrides") or {},
+            "task_overrides": suite_file.get("task_overrides") or {}}
+    cli: dict[str, list[tuple[str, dict]]] = {head: [] for head in LAYERED}
+    for label, key, value in _command_line_values(cfg, base):
+        head, *rest = key.split(".")
+        if head == "train":
+            cli[head].append((label, {"train": _nest(rest, value)}))
+        elif head == "efficiency" and efficiency:
+            cli[head].append((label, efficiency_layer(_nest(rest, value), model)))
+        elif head == "model_overrides":
+            block = _nest(rest, value)
+            if isinstance(block, dict) and model in block:
+                cli[head].append((label, _split_block(block[model])))
+        elif head == "task_overrides":
+            block = _nest(rest, value)
+            if isinstance(block, dict) and task in block:
+                cli[head].append((label, {"task": {"options": block[task] or {}}}))
+    for head in LAYERED:
+        layers += cli[head]
+    return layers
+
+
+LAYERED = ("train", "efficiency", "model_overrides", "task_overrides")  # top-level keys that feed run layers
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    node = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _lookup(tree: Any, path: str) -> tuple[bool, Any]:
+    for part in path.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False, None
+        tree = tree[part]
+    return True, tree
+
+
+def _command_line_values(cfg: DictConfig, files: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(source, dotted key, value) of everything above the suite file: each command-line override of ``train``,
+    ``efficiency``, ``model_overrides`` or ``task_overrides``, in command-line order; then any value ``cfg`` holds
+    there that neither the files (``files``: defaults and suite) nor the command line explain (a config edited in
+    Python, or composed without keeping its command line), which ranks with the command line too."""
+    out, covered = [], []
+    for key, text in _cli_keys(cfg):
+        if key.split(".")[0] in LAYERED:
+            out.append((f"{COMMAND_LINE}: {text}", key, _select(cfg, key)))
+            covered.append(key)
+    for head in LAYERED:
+        for path, value in _flatten(_select(cfg, head) or {}, head):
+            if any(path == k or path.startswith(k + ".") for k in covered):
+                continue
+            found, stored = _lookup(files, path)
+            if not found or stored != value:
+                out.append((f"{COMMAND_LINE} (or the config object): {path}={value!r}", path, value))
+    return out
+
+
+def _accepts_heads(model: str) -> bool:
+    import inspect
+
+    import models  # noqa: F401  (registers the layers)
+    from models.registry import layer_factory
+
+    return "n_heads" in inspect.signature(layer_factory(model)).parameters
+
+
+def _nest(path: list[str], value: Any) -> Any:
+    for part in reversed(path):
+        value = {part: value}
+    return value
+
+
+def _flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(tree, dict) and (tree or not prefix):
+        for k, v in tree.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif prefix and not isinstance(tree, dict):
+        yield prefix, tree
+
+
+def _set(tree: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for part in parents:
+        if not isinstance(tree.get(part), dict):
+            tree[part] = {}
+        tree = tree[part]
+    tree[leaf] = value
+
+
+# -- resolving --------------------------------------------------------------------------------------------------
+def resolve_run(cfg: DictConfig, task: str, model: str, seed: int = 0, *, causal: bool | None = None,
+                efficiency: bool = False, extra: list[tuple[str, dict[str, Any]]] | tuple = ()) -> Run:
+    """The fully resolved configuration of one (task, model, seed) run of suite ``cfg``, and each value's source.
+
+    ``causal``: None follows the task file (``causal: true`` applies the model's causal block); True/False force it
+    (the efficiency sweep's generation uses the causal form). ``efficiency``: apply the suite's ``efficiency:`` width,
+    depth and heads (the sweep's cells). ``extra``: (source, partial run config) layers above all others (for
+    callers that set values in Python)."""
+    import models  # noqa: F401  (registers the layers)
+    import tasks  # noqa: F401  (registers the tasks)
+    from harness.train import TrainConfig
+    from models.registry import list_layers
+    from tasks.registry import list_tasks
+
+    for group, name, known in (("task", task, list_tasks()), ("model", model, list_layers())):
+        if name not in known:
+            raise KeyError(f"unknown {group} {name!r}; known: {', '.join(known)}")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for label, part in [*_layers(cfg, task, model, causal, efficiency), *extra]:
+        for path, value in _flatten(part):
+            # a value set to a block replaces the leaves under it (and a block set to a value replaces the block)
+            for old in [p for p in values if p.startswith(path + ".") or path.startswith(p + ".")]:
+                del values[old], sources[old]
+            values[path], sources[path] = value, label
+    typed = dict(_cli_keys(cfg))
+    top_source = {k: f"{COMMAND_LINE}: {typed[k]}" if k in typed else "configs/config.yaml or the suite file"
+                  for k in ("device", "data_dir")}
+    values["train.seed"], sources["train.seed"] = seed, "the suite's seeds"
+    values["train.device"], sources["train.device"] = str(cfg.device), top_source["device"]
+    config: dict[str, Any] = {"suite": cfg.get("suite_name"), "recipe": cfg.get("recipe"),
+                              "task": {"name": task, "options": {}}, "model": {"name": model}, "train": {}}
+    for path, value in values.items():
+        _set(config, path, value)
+    config["model"]["name"] = model if config["model"].get("name") in (None, model) else config["model"]["name"]
+    config["data_dir"] = str(Path(str(cfg.data_dir)).expanduser())
+    sources["data_dir"] = top_source["data_dir"]
+    bad = sorted(set(config["train"]) - {f.name for f in fields(TrainConfig)})
+    if bad:
+        where = "; ".join(f"{b!r} from {sources.get('train.' + b, '?')}" for b in bad)
+        raise TypeError(f"unknown train option(s) {', '.join(map(repr, bad))}; accepted: "
+                        f"{', '.join(f.name for f in fields(TrainConfig))} ({where})")
+    return Run(task=task, model=model, seed=int(seed), config=config, sources=dict(sorted(sources.items())))
+
+
+def resolve_run_config(cfg: DictConfig, task: str, model: str, seed: int = 0) -> dict[str, Any]:
+    """``resolve_run(...).config``: the fully resolved, JSON-able configuration of one run."""
+    return resolve_run(cfg, task, model, seed).config
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The top-level config as ``run_suite.py <overrides>`` builds it, remembering the command line (for scripts and
+    tests; ``run_suite.py`` itself gets it from Hydra)."""
+    from hydra import compose
+
+    overrides = list(overrides or [])
+    with _hydra_context():
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    return cfg
