@@ -21,7 +21,8 @@ A model or recipe block may hold ``task:`` (task options, e.g. a batch size) and
 model's ``name``, ``hparams`` and ``backbone``.
 
 The resolved config is ``{suite, recipe, task: {name, options}, model: {name, hparams, backbone, comparison},
-train: {...}, data_dir}``; ``Run.sources`` maps every dotted leaf path of it (``train.lr``,
+train: {...}, deviations: [...], data_dir}`` (``deviations``: what the recipe knowingly does differently from the
+source it cites, copied into the record's task info); ``Run.sources`` maps every dotted leaf path of it (``train.lr``,
 ``model.backbone.d_model``) to the file and block, or the command-line override, that set it.
 """
 from __future__ import annotations
@@ -149,6 +150,8 @@ def _split_block(block: dict[str, Any]) -> dict[str, Any]:
     entries training settings, the rest the model's."""
     block = dict(block or {})
     out: dict[str, Any] = {}
+    if "deviations" in block:  # a recipe's kept differences from its source, copied into the record's task info
+        out["deviations"] = list(block.pop("deviations") or [])
     if block.get("task"):
         out["task"] = {"options": block.pop("task")}
     else:
@@ -186,6 +189,8 @@ def recipe_layers(recipe: str | None, task: str, model: str, _seen: tuple[str, .
     if unknown:
         raise KeyError(f"{name}: unknown key(s) {', '.join(unknown)}; a recipe file has {', '.join(RECIPE_KEYS)}")
     layers: list[tuple[str, dict]] = []
+    if "comparison" in raw:  # the file's rule, which a task's own block may restate
+        layers.append((f"{name}: comparison", {"model": {"comparison": raw["comparison"]}}))
     if raw.get("base"):
         base = raw["base"]
         if base.get("model") == model or base.get("model") in _seen:
@@ -199,8 +204,6 @@ def recipe_layers(recipe: str | None, task: str, model: str, _seen: tuple[str, .
         layers.append((f"{name}: all_tasks", _split_block(raw["all_tasks"])))
     if (raw.get("per_task") or {}).get(task):
         layers.append((f"{name}: per_task.{task}", _split_block(raw["per_task"][task])))
-    if "comparison" in raw:
-        layers.append((f"{name}: comparison", {"model": {"comparison": raw["comparison"]}}))
     return layers
 
 
@@ -212,6 +215,8 @@ def _split_back(part: dict[str, Any]) -> dict[str, Any]:
         out["task"] = part["task"]["options"]
     if part.get("train"):
         out["train"] = part["train"]
+    if part.get("deviations"):
+        out["deviations"] = part["deviations"]
     return out
 
 
@@ -393,6 +398,7 @@ def resolve_run(cfg: DictConfig, task: str, model: str, seed: int = 0, *, causal
     for path, value in values.items():
         _set(config, path, value)
     config["model"]["name"] = model if config["model"].get("name") in (None, model) else config["model"]["name"]
+    config.setdefault("deviations", [])
     config["data_dir"] = str(Path(str(cfg.data_dir)).expanduser())
     sources["data_dir"] = top_source["data_dir"]
     bad = sorted(set(config["train"]) - {f.name for f in fields(TrainConfig)})

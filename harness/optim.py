@@ -1,8 +1,10 @@
 """Optimizer groups from per-parameter hints, and the learning-rate schedule.
 
 A layer may attach ``param._optim = {"lr": ..., "weight_decay": ...}`` to a parameter (the S4 convention,
-used for the SSM parameters A, B, P, dt); those keys override the global values for that parameter.
-Norm weights, biases and embeddings get no weight decay. Groups are formed in this one place.
+used for the SSM parameters A, B, P, dt); those keys override the global values for that parameter, and either may
+be partial (a missing key keeps the rule below) or the string ``"main"`` (the optimizer's main value, e.g. to decay a
+1-D parameter as an upstream recipe does). Norm weights, biases, embeddings and other 1-D parameters get no weight
+decay unless a hint says so. Groups are formed in this one place.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
             seen.add(id(p))
             no_decay = isinstance(module, _NO_DECAY_MODULES) or name.endswith("bias") or p.ndim < 2
             hp = {"lr": lr, "weight_decay": 0.0 if no_decay else weight_decay, **getattr(p, "_optim", {})}
+            hp["lr"] = lr if hp["lr"] == "main" else hp["lr"]
+            hp["weight_decay"] = weight_decay if hp["weight_decay"] == "main" else hp["weight_decay"]
             groups.setdefault((float(hp["lr"]), float(hp["weight_decay"])), []).append(p)
     return [{"params": ps, "lr": g_lr, "weight_decay": g_wd} for (g_lr, g_wd), ps in groups.items()]
 

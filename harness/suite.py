@@ -46,7 +46,14 @@ def run_hash(run_cfg: dict) -> str:
     """The identity of a run's experiment: the hash of its resolved config without the settings that cannot change
     its results (progress bars, checkpoint intervals, where the data folder is mounted)."""
     train = {k: v for k, v in run_cfg["train"].items() if k not in UNHASHED_TRAIN_KEYS}
-    return config_hash({**{k: v for k, v in run_cfg.items() if k != "data_dir"}, "train": train})
+    hashed = {**{k: v for k, v in run_cfg.items() if k != "data_dir"}, "train": train}
+    options = run_cfg["task"]["options"]
+    if "auto" in (options.get("variant"), options.get("source")):  # the data it resolves to is part of the experiment:
+        from tasks import data_source  # a run on generated data is not finished by a run on the release, nor resumed
+
+        picked = data_source(run_cfg["task"]["name"], run_cfg["data_dir"], **options)
+        hashed["data_source"] = picked[0] if picked else None
+    return config_hash(hashed)
 
 
 UNHASHED_TRAIN_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_every_s")
@@ -84,7 +91,9 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str 
         in_fit = False
         return replace(rec, suite=base["suite"], config=base["config"], config_hash=base["config_hash"],
                        config_sources=base["config_sources"],
-                       task_info=_json(t.spec.info), kernel_backend=kernel_backends(net),
+                       task_info=_json({**t.spec.info, **({"recipe_deviations": run_cfg["deviations"]}
+                                                          if run_cfg.get("deviations") else {})}),
+                       kernel_backend=kernel_backends(net),
                        comparison=str(run_cfg["model"].get("comparison", "")))
     except DatasetMissingError as exc:
         status = f"skipped: data not found: {exc}"

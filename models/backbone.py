@@ -35,8 +35,12 @@ class BackboneConfig:
     norm: str = "layer"          # "layer" | "batch" | "none"
     prenorm: bool = True         # norm before the layer (pre) or after the residual (post)
     dropout: float = 0.1
+    tie_dropout: bool = False    # residual dropout: one mask per (example, channel) for all positions (S4's tie_dropout)
     ff_expand: int = 0           # >0 adds a position-wise MLP block (width ff_expand*H) after each layer
     pool: str = "mean"           # "mean" | "last"
+    final_norm: bool | None = None  # a norm after the last block; None: only with prenorm (S4's rule); S5 has none
+    bn_momentum: float = 0.1     # BatchNorm running-statistics momentum, torch's convention (flax's 0.95 = 0.05 here)
+    encoder_bias: bool = False   # token embedding plus a learned bias (S5's one-hot -> Dense with bias)
     pos_encoding: str = "none"   # "none" | "sinusoidal" | "learned"
     dual_hidden: int = 0         # width of the retrieval head's MLP (0: d_model)
     grad_checkpoint: bool = False  # recompute each block's forward in the backward instead of storing its activations
@@ -45,9 +49,9 @@ class BackboneConfig:
 class MaskedBatchNorm(nn.Module):
     """BatchNorm over features of (B, L, H) whose statistics use real positions only."""
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, momentum: float = 0.1):
         super().__init__()
-        self.bn = nn.BatchNorm1d(d)
+        self.bn = nn.BatchNorm1d(d, momentum=momentum)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is None:
@@ -58,12 +62,13 @@ class MaskedBatchNorm(nn.Module):
 
 
 class _Norm(nn.Module):
-    def __init__(self, kind: str, d: int):
+    def __init__(self, kind: str, d: int, bn_momentum: float = 0.1):
         super().__init__()
         if kind not in ("layer", "batch", "none"):
             raise ValueError(f"unknown norm {kind!r}; known: layer, batch, none")
         self.kind = kind
-        self.norm = nn.LayerNorm(d) if kind == "layer" else MaskedBatchNorm(d) if kind == "batch" else nn.Identity()
+        self.norm = (nn.LayerNorm(d) if kind == "layer" else MaskedBatchNorm(d, bn_momentum) if kind == "batch"
+                     else nn.Identity())
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.norm(x, mask) if self.kind == "batch" else self.norm(x)
@@ -80,13 +85,34 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+class TiedDropout(nn.Module):
+    """Dropout of (B, L, H) with one Bernoulli(1 - p) mask per (example, channel), shared by every position and scaled
+    by 1 / (1 - p) (S4's ``tie_dropout``, ``DropoutNd``; torch's ``nn.Dropout1d`` on the transposed tensor)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1], device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class ResidualBlock(nn.Module):
     """[norm, layer, dropout, residual] with pre- or post-norm."""
 
-    def __init__(self, layer: nn.Module, d: int, norm: str, prenorm: bool, dropout: float):
+    def __init__(self, layer: nn.Module, d: int, norm: str, prenorm: bool, dropout: float, tie_dropout: bool = False,
+                 bn_momentum: float = 0.1):
         super().__init__()
-        self.layer, self.norm, self.prenorm = layer, _Norm(norm, d), prenorm
-        self.drop = nn.Dropout(dropout)
+        self.layer, self.norm, self.prenorm = layer, _Norm(norm, d, bn_momentum), prenorm
+        self.drop = TiedDropout(dropout) if tie_dropout else nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         z = self.norm(x, mask) if self.prenorm else x
@@ -143,9 +169,11 @@ def sinusoidal_positions(l_max: int, d: int) -> torch.Tensor:
 class Encoder(nn.Module):
     """Token embedding (ids, pad id 0) or linear map of real-valued inputs, plus optional positions."""
 
-    def __init__(self, d_model: int, l_max: int, vocab_size: int | None, d_input: int | None, pos_encoding: str):
+    def __init__(self, d_model: int, l_max: int, vocab_size: int | None, d_input: int | None, pos_encoding: str,
+                 bias: bool = False):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0) if vocab_size else nn.Linear(d_input, d_model)
+        self.bias = nn.Parameter(torch.zeros(d_model)) if bias and vocab_size else None  # a Linear has its own
         if pos_encoding == "sinusoidal":
             self.register_buffer("pos", sinusoidal_positions(l_max, d_model), persistent=False)
         elif pos_encoding == "learned":
@@ -157,6 +185,8 @@ class Encoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         x = self.embed(inputs)  # (B, L, H)
+        if self.bias is not None:
+            x = x + self.bias
         if self.pos is not None:
             if x.shape[1] > self.pos.shape[0]:
                 raise ValueError(f"sequence of length {x.shape[1]} exceeds the positional table's l_max {self.pos.shape[0]}")
@@ -192,15 +222,17 @@ class SequenceModel(nn.Module):
             raise ValueError(f"unknown pool {cfg.pool!r}; known: mean, last")
         self.cfg, self.layer_name, self.dual_input = cfg, layer, dual_input
         d = cfg.d_model
-        self.encoder = Encoder(d, l_max, vocab_size, d_input, cfg.pos_encoding)
+        self.encoder = Encoder(d, l_max, vocab_size, d_input, cfg.pos_encoding, cfg.encoder_bias)
         blocks: list[nn.Module] = []
         for _ in range(cfg.n_layers):
             blocks.append(ResidualBlock(build_layer(layer, d_model=d, l_max=l_max, **(layer_kw or {})),
-                                        d, cfg.norm, cfg.prenorm, cfg.dropout))
+                                        d, cfg.norm, cfg.prenorm, cfg.dropout, cfg.tie_dropout, cfg.bn_momentum))
             if cfg.ff_expand > 0:
-                blocks.append(ResidualBlock(FeedForward(d, cfg.ff_expand, cfg.dropout), d, cfg.norm, cfg.prenorm, cfg.dropout))
+                blocks.append(ResidualBlock(FeedForward(d, cfg.ff_expand, cfg.dropout), d, cfg.norm, cfg.prenorm,
+                                            cfg.dropout, cfg.tie_dropout, cfg.bn_momentum))
         self.blocks = nn.ModuleList(blocks)
-        self.final_norm = _Norm(cfg.norm if cfg.prenorm else "none", d)
+        final = cfg.prenorm if cfg.final_norm is None else cfg.final_norm
+        self.final_norm = _Norm(cfg.norm if final else "none", d, cfg.bn_momentum)
         if dual_input:
             hidden = cfg.dual_hidden or d
             self.head = nn.Sequential(nn.Linear(4 * d, hidden), nn.GELU(), nn.Linear(hidden, n_classes))

@@ -11,7 +11,8 @@ query over the filled prefix, itself included: the causal forward's output at t.
 grows with the prefix: 2 * B * H * max_len floats of memory, and step t costs O(t * H) attention work.
 The cache is written in place, so generate under ``torch.no_grad()`` / ``torch.inference_mode()``.
 
-Dimensions: B batch, L length, H d_model, n heads, E = H / n head width, T = max_len cached positions.
+Dimensions: B batch, L length, H d_model, Q = d_qkv (default H) query/key/value width, n heads, E = Q / n head
+width, T = max_len cached positions.
 """
 from __future__ import annotations
 
@@ -39,17 +40,19 @@ class KVCache:
 
 class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 4, attn_dropout: float = 0.0, causal: bool = False,
-                 l_max: int | None = None):
+                 l_max: int | None = None, d_qkv: int | None = None, bias: bool = True):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        self.n_heads, self.attn_dropout, self.causal, self.l_max = n_heads, attn_dropout, causal, l_max
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
+        d_qkv = d_model if d_qkv is None else int(d_qkv)
+        if d_qkv % n_heads:
+            raise ValueError(f"d_qkv {d_qkv} (d_model unless set) is not divisible by n_heads {n_heads}")
+        self.n_heads, self.attn_dropout, self.causal, self.l_max, self.d_qkv = n_heads, attn_dropout, causal, l_max, d_qkv
+        self.qkv = nn.Linear(d_model, 3 * d_qkv, bias=bias)
+        self.out = nn.Linear(d_qkv, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, l, h = x.shape
-        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, h // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, n, L, E)
+        b, l, _ = x.shape
+        q_width = self.d_qkv
+        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, q_width // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, n, L, E)
         attn_mask = None
         if mask is not None:
             attn_mask = mask[:, None, None, :]  # (B, 1, 1, L): padded keys are never attended to
@@ -58,7 +61,7 @@ class MultiHeadAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.attn_dropout if self.training else 0.0,
                                            is_causal=self.causal and attn_mask is None)  # (B, n, L, E)
-        return self.out(y.transpose(1, 2).reshape(b, l, h))
+        return self.out(y.transpose(1, 2).reshape(b, l, q_width))
 
     def default_state(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """Empty key/value cache for ``max_len`` positions (default ``l_max``): 2 * B * H * max_len floats."""
@@ -68,7 +71,7 @@ class MultiHeadAttention(nn.Module):
         if max_len is None or max_len < 1:
             raise ValueError(f"the key/value cache needs max_len >= 1 (got {max_len}; l_max is {self.l_max})")
         w = self.out.weight
-        shape = (batch_size, self.n_heads, max_len, w.shape[0] // self.n_heads)
+        shape = (batch_size, self.n_heads, max_len, self.d_qkv // self.n_heads)
         return KVCache(w.new_empty(shape), w.new_empty(shape))
 
     def step(self, x_t: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
@@ -77,18 +80,18 @@ class MultiHeadAttention(nn.Module):
         if t >= state.max_len:
             raise RuntimeError(f"key/value cache is full ({state.max_len} positions): "
                                f"call default_state(batch_size, max_len=...) with a larger max_len")
-        b, h = x_t.shape
-        q, k, v = self.qkv(x_t).view(b, 3, self.n_heads, h // self.n_heads).unbind(1)  # 3 x (B, n, E)
+        b = x_t.shape[0]
+        q, k, v = self.qkv(x_t).view(b, 3, self.n_heads, self.d_qkv // self.n_heads).unbind(1)  # 3 x (B, n, E)
         state.k[:, :, t].copy_(k)
         state.v[:, :, t].copy_(v)
         y = F.scaled_dot_product_attention(q[:, :, None], state.k[:, :, :t + 1], state.v[:, :, :t + 1],
                                            dropout_p=self.attn_dropout if self.training else 0.0)  # (B, n, 1, E)
-        return self.out(y.reshape(b, h)), dataclasses.replace(state, filled=t + 1)
+        return self.out(y.reshape(b, self.d_qkv)), dataclasses.replace(state, filled=t + 1)
 
 
 @register_layer("transformer")
 def transformer(d_model: int, l_max: int, n_heads: int = 4, attn_dropout: float = 0.0,
-                causal: bool = False) -> nn.Module:
+                causal: bool = False, d_qkv: int | None = None, bias: bool = True) -> nn.Module:
     """Self-attention over all positions (bidirectional encoder), or causal.
 
     Args:
@@ -97,5 +100,8 @@ def transformer(d_model: int, l_max: int, n_heads: int = 4, attn_dropout: float 
         n_heads: attention heads.
         attn_dropout: dropout on the attention weights while training.
         causal: attend only to earlier positions; enables ``default_state`` / ``step`` (key/value-cache generation).
+        d_qkv: total width of the queries, keys and values (split over the heads), projected back to d_model by the
+            output projection; default d_model. LRA's ``qkv_dim`` (e.g. 64 with emb_dim 128 on its Image config).
+        bias: biases on the q/k/v and output projections (LRA's attention has none: bias=False).
     """
-    return MultiHeadAttention(d_model, n_heads, attn_dropout, causal, l_max)
+    return MultiHeadAttention(d_model, n_heads, attn_dropout, causal, l_max, d_qkv, bias)

@@ -4,13 +4,16 @@
     python -m tasks prepare listops pathfinder               # generate (cached) with the config's options
     python -m tasks prepare text image speech_commands       # download (checksummed), unpack, then process once
     python -m tasks prepare retrieval --from ~/lra_release.gz        # stage from a local archive or unpacked folder
-    python -m tasks prepare pathfinder --release             # the release's images instead of generating
+    python -m tasks prepare listops pathfinder pathx --from ~/lra_release.gz   # the release, nothing generated
+    python -m tasks prepare pathfinder --release             # download the release; build from it, not generating
     python -m tasks prepare lra                              # the six LRA tasks ('extended' adds scifar, speech_commands)
     python -m tasks prepare listops variant=small            # option overrides as key=value
     python -m tasks render pathfinder --n 16                 # a PNG grid of examples with their labels
 
 The data directory is --data-dir, else $LRB_DATA_DIR, else ~/.cache/lrbench/data (the suite uses the same default).
-Only `prepare` without --from uses the network.
+Only `prepare` without --from uses the network. ListOps, Pathfinder and Path-X read the LRA release when it is given
+(--from, --release) and are generated only otherwise; with `variant: auto` (ListOps) / `source: auto` (Pathfinder,
+Path-X) a run reads the release when it is staged, else generates; `status` says which the next run uses, and why.
 """
 from __future__ import annotations
 
@@ -57,9 +60,18 @@ def _expand(names: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _release_overrides(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` plus the options that make ``name`` read its release (ListOps ``variant: release``, Pathfinder
+    ``source: release``), unless the command line set those options itself."""
+    from tasks.fetch import release_options
+
+    return {**{k: v for k, v in release_options(name).items() if k not in overrides}, **overrides}
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from tasks import build_task
+    from tasks import build_task, data_source
     from tasks.fetch import archive_ready, archives_for, archives_optional, fetch_archive, stage_archive_from
+    from tasks.registry import _TASKS
 
     names, overrides = _expand(args.tasks), _overrides(args.options)
     if args.source:
@@ -67,22 +79,34 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         if len(urls) != 1:
             raise SystemExit(f"--from stages one archive; {', '.join(names)} need {len(urls) or 'no'} different ones")
     staged: set[str] = set()
-    for name in names:
-        wanted = args.source or args.release or not archives_optional(name)
-        for archive in archives_for(name) if wanted else ():
+    wanted = {name: bool(args.source or args.release or not archives_optional(name)) for name in names}
+    for name in names:  # stage everything first: a task that reads its release when staged (auto) then sees it
+        for archive in archives_for(name) if wanted[name] else ():
             if archive.url in staged or (not args.source and archive_ready(archive, args.data_dir)):
                 continue
             if args.source:
-                path = stage_archive_from(archive, args.source, args.data_dir)
+                try:
+                    path = stage_archive_from(archive, args.source, args.data_dir)
+                except ValueError as exc:  # e.g. a listops-1000/ folder alone: not the archive, but readable in place
+                    if "release_dir" not in inspect.signature(_TASKS.get(name)).parameters:
+                        raise
+                    raise ValueError(f"{exc}; to read a folder of {name}'s own files in place instead: python -m "
+                                     f"tasks prepare {name} release_dir={args.source}") from None
             else:
                 print(f"{name}: downloading {archive.url}" + (f" ({archive.note})" if archive.note else ""))
                 path = fetch_archive(archive, args.data_dir, keep_archive=args.keep_archive)
             staged.add(archive.url)
             print(f"{name}: staged {path}")
-        if args.no_build:
-            continue
-        print(f"{name}: building (generating / processing / caching) ...")
-        task = build_task(name, args.data_dir, seed=0, **task_options(name, overrides))
+    for name in [] if args.no_build else names:
+        # given the release (--from, --release), a task that could generate builds from the release instead
+        options = task_options(name, _release_overrides(name, overrides) if wanted[name] and archives_optional(name)
+                               else overrides)
+        planned = data_source(name, args.data_dir, **options)
+        if planned is not None:
+            print(f"{name}: {'reading the release' if planned[0] == 'release' else 'generating'} ({planned[1]}) ...")
+        else:
+            print(f"{name}: building (processing / caching) ...")
+        task = build_task(name, args.data_dir, seed=0, **options)
         sizes = {s: len(getattr(task, s).dataset) for s in ("train", "val", "test")}
         print(f"{name}: ready: {sizes}")
     return 0
@@ -93,6 +117,24 @@ GENERATED = {"listops": ("listops/generated", ""), "pathfinder": ("pathfinder/ge
              "pathx": ("pathfinder/generated", "pathfinder128-")}
 
 
+def _next_source(name: str, data_dir: Path) -> str | None:
+    """"next run: release|generated - why" for a task that can generate or read its release, with the task file's
+    options (configs/task/<name>.yaml; a suite's task_overrides may differ); None for other tasks."""
+    from tasks import data_source
+    from tasks.registry import _SOURCES
+
+    if name not in _SOURCES:
+        return None
+    try:
+        planned = data_source(name, data_dir, **task_options(name))
+    except (ValueError, TypeError, KeyError) as exc:
+        return f"next run: cannot tell: {exc}"
+    if planned is None:
+        return None
+    return (f"next run: {'release' if planned[0] == 'release' else 'generated'} - {planned[1]} "
+            f"[configs/task/{name}.yaml]")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from tasks import list_tasks
     from tasks.fetch import archive_ready, archives_for, archives_optional
@@ -101,18 +143,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"data dir: {data_dir}")
     for name in list_tasks():
         archives = archives_for(name)
+        column = name
+        next_run = _next_source(name, data_dir)
+        if next_run is not None:  # which data the next run reads, and why; then what is there
+            print(f"  {column:16s} {next_run}")
+            column = ""
         if not archives or archives_optional(name):
             folder, prefix = GENERATED.get(name, (None, ""))
             sets = sorted(p.name for p in (data_dir / folder).glob(prefix + "*") if p.is_dir()) if folder else []
-            state = f"generated: {', '.join(sets)}" if sets else "generated on first use"
-            print(f"  {name:16s} {state}  (python -m tasks prepare {name})")
+            if archives_optional(name):  # generates, or reads the release: the next-run line says which
+                print(f"  {column:16s} generated sets: {', '.join(sets) or 'none'}")
+            else:
+                state = f"generated: {', '.join(sets)}" if sets else "generated on first use"
+                print(f"  {column:16s} {state}  (python -m tasks prepare {name})")
+            column = ""
         for a in archives:
             ready = archive_ready(a, data_dir)
             if archives_optional(name):
-                print(f"  {'':16s} release {'ready' if ready else 'not staged'}: {a.target(data_dir)}"
-                      + ("" if ready else f"  (optional: python -m tasks prepare {name} --release)"))
+                print(f"  {column:16s} release {'ready' if ready else 'not staged'}: {a.target(data_dir)}"
+                      + ("" if ready else f"  (optional: python -m tasks prepare {name} --release, or --from "
+                                          f"<{a.filename} or its folder>)"))
             else:
-                print(f"  {name:16s} {'ready  ' if ready else 'missing'} {a.target(data_dir)}"
+                print(f"  {column:16s} {'ready  ' if ready else 'missing'} {a.target(data_dir)}"
                       + ("" if ready else f"  (stage: python -m tasks prepare {name}, or --from <{a.filename} "
                                           f"or its folder>)"))
     return 0
@@ -139,13 +191,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks import build_task
+    from tasks import build_task, data_source
     from tasks.registry import _TASKS
 
     name, overrides = _expand([args.task])[0], _overrides(args.options)
     options = task_options(name, overrides)
     accepted = inspect.signature(_TASKS.get(name)).parameters
-    if "n_examples" in accepted and "n_examples" not in overrides:
+    reads_release = (data_source(name, args.data_dir, **options) or ("",))[0] == "release"
+    if "n_examples" in accepted and "n_examples" not in overrides and not reads_release:
         options["n_examples"] = max(10 * args.n, 100)  # a small generated set is enough to look at
     task = build_task(name, args.data_dir, seed=0, **options)
     ds = task.train.dataset
@@ -177,9 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="generate or stage the data of tasks (or groups: lra, extended)")
     p.add_argument("tasks", nargs="+", help="task names or groups, then key=value task option overrides")
-    p.add_argument("--from", dest="source", help="a local archive file or its unpacked folder, instead of downloading")
+    p.add_argument("--from", dest="source", help="a local archive file or its unpacked folder, instead of downloading; "
+                   "listops, pathfinder, pathx are then built from the release (not generated)")
     p.add_argument("--release", action="store_true",
-                   help="also download the LRA release for the generated tasks (listops, pathfinder, pathx)")
+                   help="download the LRA release for listops, pathfinder, pathx and build them from it (not generated)")
     p.add_argument("--no-build", action="store_true", help="only stage files; do not build/process the task")
     p.add_argument("--keep-archive", action="store_true", help="keep downloaded archives after unpacking")
     sub.add_parser("status", help="where each task's data is and whether it is ready")

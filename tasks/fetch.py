@@ -21,8 +21,8 @@ from pathlib import Path
 
 from tasks.registry import DatasetMissingError
 
-__all__ = ["Archive", "LRA_RELEASE", "register_archives", "archives_optional", "archives_for", "missing", "fetch_archive",
-           "stage_archive_from", "archive_ready", "default_data_dir", "DONE_MARKER"]
+__all__ = ["Archive", "LRA_RELEASE", "register_archives", "archives_optional", "archives_for", "release_options",
+           "missing", "fetch_archive", "stage_archive_from", "archive_ready", "default_data_dir", "DONE_MARKER"]
 
 DONE_MARKER = ".staged"  # suffix of the marker file beside the unpacked folder: <data_dir>/<dest>.staged
 DATA_DIR_ENV = "LRB_DATA_DIR"
@@ -59,22 +59,30 @@ LRA_RELEASE = Archive(url="https://storage.googleapis.com/long-range-arena/lra_r
                       root="lra_release", note="the Long Range Arena release: several GB, unpacks to lra_release/")
 
 _ARCHIVES: dict[str, tuple[Archive, ...]] = {}
-_OPTIONAL: set[str] = set()
+_OPTIONAL: dict[str, dict[str, object]] = {}
 
 
-def register_archives(task: str, *archives: Archive, optional: bool = False) -> None:
+def register_archives(task: str, *archives: Archive, optional: bool = False,
+                      release_options: dict[str, object] | None = None) -> None:
     """Declare the archives ``task`` reads (several tasks may share one, e.g. the LRA release).
 
-    ``optional``: the task generates its data by default and reads the archive only when asked (ListOps,
-    Pathfinder, Path-X); ``prepare`` then downloads it only with ``--release`` or ``--from``.
+    ``optional``: the task can generate its data and reads the archive when it is staged or asked for (ListOps,
+    Pathfinder, Path-X); ``prepare`` then stages it only with ``--release`` or ``--from``, and builds the task with
+    ``release_options`` (the option values that select the release, e.g. ``{"variant": "release"}``) instead of
+    generating.
     """
     _ARCHIVES[task] = tuple(archives)
     if optional:
-        _OPTIONAL.add(task)
+        _OPTIONAL[task] = dict(release_options or {})
 
 
 def archives_optional(task: str) -> bool:
     return task in _OPTIONAL
+
+
+def release_options(task: str) -> dict[str, object]:
+    """The task options that make an optional-archive task read its release ({} for other tasks)."""
+    return dict(_OPTIONAL.get(task, {}))
 
 
 def archives_for(task: str) -> tuple[Archive, ...]:
@@ -82,10 +90,13 @@ def archives_for(task: str) -> tuple[Archive, ...]:
 
 
 def missing(task: str, data_dir: str | Path, what: str) -> DatasetMissingError:
-    """The one error a task raises when its data are not staged: what is missing and the command that stages it."""
+    """The one error a task raises when its data are not staged: what is missing and the command that stages it
+    (with ``--release`` for a task that otherwise generates its data)."""
+    flag, local = ((" --release", "--from <archive or folder> instead of --release") if archives_optional(task)
+                   else ("", "add --from <archive or folder>"))
     return DatasetMissingError(
-        f"{task}: data not found: {what}. Stage it with: python -m tasks prepare {task} --data-dir {Path(data_dir)} "
-        f"(downloads; or add --from <archive or folder> for a local copy)")
+        f"{task}: data not found: {what}. Stage it with: python -m tasks prepare {task}{flag} --data-dir "
+        f"{Path(data_dir)} (downloads; or {local} for a local copy)")
 
 
 def _marker(archive: Archive, data_dir: Path) -> Path:

@@ -1,7 +1,7 @@
 """ListOps (LRA): classify the value (0..9) of a nested MIN / MAX / MED / SM expression.
 
 Data is generated here (``tasks.listops_gen``, faithful to the LRA generator) or read from a copy of the LRA
-release (``listops-1000/``); both are ``Source<TAB>Target`` TSV files loaded through Hugging Face ``datasets``
+release (``listops-1000/``; ``variant: auto`` reads the release when it is staged, else generates); both are ``Source<TAB>Target`` TSV files loaded through Hugging Face ``datasets``
 (Arrow-cached under ``<data_dir>/.hf_cache``) and tokenized with a fixed vocabulary:
 
     0 <pad>   1 [MIN   2 [MAX   3 [MED   4 [SM   5 ]   6..15 the digits 0..9
@@ -36,7 +36,8 @@ TOKEN_IDS: dict[str, int] = {tok: i for i, tok in enumerate(VOCAB)}
 assert set(OPERATORS) | {END} <= set(TOKEN_IDS)
 N_CLASSES = 10
 RELEASE_URL = LRA_RELEASE.url
-register_archives("listops", LRA_RELEASE, optional=True)  # read only for variant=release / release_dir
+# read for variant=release / release_dir, and for variant=auto when staged; `prepare --release/--from` builds variant=release
+register_archives("listops", LRA_RELEASE, optional=True, release_options={"variant": "release"})
 
 # Generation settings (generate_listops keyword arguments); explicit builder options override them.
 VARIANTS: dict[str, dict[str, int]] = {
@@ -139,15 +140,75 @@ class ListOpsDataset(Dataset):
         return {"inputs": self.values[start:stop].long(), "label": int(self.labels[i])}
 
 
-def _release_folder(release_dir: str | Path, data_dir: Path) -> Path:
-    """The folder holding the release's three files: ``release_dir`` itself or its ``listops-1000/``."""
-    root = Path(release_dir).expanduser()
-    for folder in (root, root / "listops-1000"):
+# Where the three files may sit below a folder a user can point at (``release_dir``, or the staged release
+# ``<data_dir>/lra/lra_release``): the folder itself (``listops-1000/``), the release's inner ``lra_release/``, the
+# archive's top folder (the real archive unpacks to ``lra_release/lra_release/listops-1000/``), or the folder holding it.
+RELEASE_SUBFOLDERS = ("", "listops-1000", "lra_release/listops-1000", "lra_release/lra_release/listops-1000")
+
+
+def find_release(root: str | Path) -> Path | None:
+    """The folder holding the release's three files at or below ``root`` (``RELEASE_SUBFOLDERS``), else None."""
+    root = Path(root).expanduser()
+    for sub in RELEASE_SUBFOLDERS:
+        folder = root / sub if sub else root
         if all((folder / name).is_file() for name in SPLIT_FILES.values()):
             return folder
-    absent = [name for name in SPLIT_FILES.values() if not (root / name).is_file()]
-    raise missing("listops", data_dir, f"the LRA release's ListOps files {', '.join(absent)} in {root} (or its "
-                                       f"listops-1000/); or drop variant=release / release_dir to generate ListOps")
+    return None
+
+
+def _release_folder(release_dir: str | Path, data_dir: Path) -> Path:
+    """``find_release(release_dir)``, or DatasetMissingError naming where it looked and the command that stages it."""
+    root = Path(release_dir).expanduser()
+    folder = find_release(root)
+    if folder is None:
+        where = ", ".join(str(root / sub) for sub in RELEASE_SUBFOLDERS[1:])
+        raise missing("listops", data_dir, f"the LRA release's ListOps files {', '.join(SPLIT_FILES.values())}: "
+                                           f"looked in {where} and {root}; or drop variant=release / release_dir to "
+                                           f"generate ListOps")
+    return folder
+
+
+_GENERATION_OPTIONS = ("n_train", "n_val", "n_test", "min_length", "max_length", "max_depth", "max_args")
+
+
+def choose_source(data_dir: Path, variant: str, release_dir: str | None, generation: dict[str, int],
+                  data_seed: int = 0) -> tuple[str, str]:
+    """(variant to build: ``release`` or a generator variant, why) for the builder's options.
+
+    ``auto`` reads the release when ``release_dir`` is given or the release is staged under the data dir (and no
+    generation option asks for generated data), else generates the ``lra`` variant.
+    """
+    staged = LRA_RELEASE.target(data_dir)
+    if variant == "auto":
+        if release_dir is not None:
+            return "release", f"variant auto: release_dir {release_dir} is given"
+        if generation or data_seed:
+            asked = sorted(generation) + (["data_seed"] if data_seed else [])
+            return "lra", f"variant auto with the generation option(s) {', '.join(asked)}: generated"
+        found = find_release(staged)
+        if found is not None:
+            return "release", f"variant auto: the LRA release is staged at {found}"
+        return "lra", (f"variant auto: no LRA release staged under {staged}, so generated with the lra settings; "
+                       f"python -m tasks prepare listops --release (or --from <lra_release.gz>) stages it")
+    if release_dir is not None:
+        return "release", f"release_dir {release_dir} is given"
+    if variant == "release":
+        found = find_release(staged)
+        return "release", (f"variant release: the LRA release staged at {found}" if found is not None else
+                           f"variant release, but no LRA release is staged under {staged}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown listops variant {variant!r}; known: {', '.join(sorted(VARIANTS))}, release, auto")
+    why = f"variant {variant} generates"
+    if find_release(staged) is not None:
+        why += "; the staged LRA release is not read (variant auto or release would read it)"
+    return variant, why
+
+
+def _source(data_dir: Path, o: dict[str, Any]) -> tuple[str, str]:
+    """``register_task``'s source function: ("release" | "generate", why)."""
+    generation = {k: o[k] for k in _GENERATION_OPTIONS if o.get(k) is not None}
+    variant, why = choose_source(data_dir, o["variant"], o["release_dir"], generation, o["data_seed"])
+    return ("release" if variant == "release" else "generate"), why
 
 
 def _generated_folder(data_dir: Path, variant: str, params: dict[str, int]) -> Path:
@@ -161,7 +222,7 @@ def _generated_folder(data_dir: Path, variant: str, params: dict[str, int]) -> P
 def _shape(o: dict) -> TaskSpec:
     return TaskSpec(name="listops", n_classes=N_CLASSES, l_max=o["l_max"], chance_acc=1.0 / N_CLASSES, vocab_size=len(VOCAB))
 
-@register_task("listops", shape=_shape)
+@register_task("listops", shape=_shape, source=_source)
 def listops(data_dir: Path, variant: str = "lra", release_dir: str | None = None, l_max: int = 2048,
             batch_size: int = 32, seed: int = 0, num_workers: int = 0, data_seed: int = 0,
             n_train: int | None = None, n_val: int | None = None, n_test: int | None = None,
@@ -173,10 +234,15 @@ def listops(data_dir: Path, variant: str = "lra", release_dir: str | None = None
         data_dir: root data directory; generated files go to ``<data_dir>/listops/generated/<name>/``
             and the ``datasets`` Arrow cache to ``<data_dir>/.hf_cache``.
         variant: generation settings: ``lra`` (the benchmark), ``small`` (quick CPU suite), ``shallow`` (easy);
-            or ``release``: read the LRA release's files instead of generating.
-        release_dir: a copy of the LRA release's ``listops-1000`` folder (or its parent); read instead of
-            generating. Excludes the generation options below. ``variant="release"`` without it reads the release
-            staged by ``python -m tasks prepare listops`` (``<data_dir>/lra/lra_release/listops-1000``).
+            or ``release``: read the LRA release's files instead of generating; or ``auto``: the release when it is
+            staged under the data dir (or ``release_dir`` is given), else generate ``lra``; generation options
+            (``n_train`` ... ``max_args``, a nonzero ``data_seed``) make ``auto`` generate. ``info["source"]`` says
+            which was used and ``info["source_reason"]`` why.
+        release_dir: a copy of the LRA release: its ``listops-1000`` folder, the inner or outer ``lra_release/``
+            (the archive unpacks to ``lra_release/lra_release/listops-1000/``) or the folder holding that; read
+            instead of generating. Excludes the generation options below. ``variant="release"`` without it reads
+            the release staged by ``python -m tasks prepare listops --release`` (or ``--from``) under
+            ``<data_dir>/lra/lra_release``.
         l_max: longer sequences are truncated to this many tokens, as LRA does (count in ``spec.info``).
         batch_size: examples per batch.
         seed: training seed: shuffles the train loader only; the data does not change with it.
@@ -192,28 +258,29 @@ def listops(data_dir: Path, variant: str = "lra", release_dir: str | None = None
     overrides = dict(n_train=n_train, n_val=n_val, n_test=n_test, min_length=min_length, max_length=max_length,
                      max_depth=max_depth, max_args=max_args)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if variant == "release" and release_dir is None:
-        release_dir = str(LRA_RELEASE.target(data_dir) / "listops-1000")
-    if release_dir is not None:
+    variant, reason = choose_source(Path(data_dir), variant, release_dir, overrides, data_seed)
+    if variant == "release":
         if overrides:
-            raise ValueError(f"listops: release_dir reads fixed files; drop the generation options {sorted(overrides)}")
-        folder = _release_folder(release_dir, Path(data_dir))
-        source: dict[str, Any] = {"variant": "release", "release_dir": str(folder)}
+            raise ValueError(f"listops: the release (variant release / release_dir) has fixed files; drop the "
+                             f"generation options {sorted(overrides)}")
+        folder = _release_folder(release_dir if release_dir is not None else LRA_RELEASE.target(data_dir),
+                                 Path(data_dir))
+        source: dict[str, Any] = {"variant": "release", "source": "release", "source_reason": reason,
+                                  "release_dir": str(folder)}
     else:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown listops variant {variant!r}; known: {', '.join(sorted(VARIANTS))}, release")
         params = {**VARIANTS[variant], **overrides, "seed": data_seed}
         if min(params["n_train"], params["n_val"], params["n_test"]) < 1:
             raise ValueError(f"listops: every split needs at least one example; got {params}")
         folder = _generated_folder(Path(data_dir), variant, params)
         ensure_generated(folder, params, progress=progress)
-        source = {"variant": variant, "generation": params}
+        source = {"variant": variant, "source": "generate", "source_reason": reason, "generation": params}
 
     splits = load_listops_splits(folder, Path(data_dir) / ".hf_cache")
     sets = {split: ListOpsDataset(hf, l_max) for split, hf in splits.items()}
     test_counts = np.bincount(sets["test"].labels, minlength=N_CLASSES)
-    # comparable with published LRA numbers: the release's files, or the LRA generator's own settings, untruncated
-    benchmark = (release_dir is not None or (variant == "lra" and not overrides)) and l_max >= VARIANTS["lra"]["max_length"]
+    # comparable with published LRA numbers: the release's files, untruncated. A set generated with the LRA generator's
+    # own settings draws other trees from the same grammar: not the benchmark's data (its rows are marked †)
+    benchmark = variant == "release" and l_max >= VARIANTS["lra"]["max_length"]
     info = {**source, "benchmark": benchmark, "data_dir": str(folder), "vocab": list(VOCAB),
             "n_examples": {split: len(ds) for split, ds in sets.items()},
             "n_truncated": {split: ds.n_truncated for split, ds in sets.items()},

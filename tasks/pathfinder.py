@@ -23,6 +23,9 @@ Data, by ``source``:
     decode (the release has a blank file, pathfinder32/curv_baseline/imgs/0/sample_172.png, which s4 also
     skips) is skipped with a warning and named in ``info["skipped"]``; more than 1% unreadable (at least 10
     allowed) raises ValueError naming the first ones. ``benchmark`` is True for the release at difficulty hard.
+  * ``auto``: ``release`` when the release is staged under the data dir (``python -m tasks prepare pathfinder
+    --release`` or ``--from``) or ``release_dir`` is given, else ``generate``; ``info["source"]`` and
+    ``info["source_reason"]`` say which and why (``python -m tasks status`` says it before a run).
 
 Difficulty = contour length: easy (curv_baseline, 6 paddles), intermediate (curv_contour_length_9), hard
 (curv_contour_length_14, the LRA benchmark). Splits: 80/10/10 of all N images (val and test int(0.1 N) each)
@@ -55,11 +58,13 @@ __all__ = ["RELEASE_FOLDERS", "read_metadata", "load_release", "split_indices", 
            "pathx"]
 
 RELEASE_FOLDERS = {"easy": "curv_baseline", "intermediate": "curv_contour_length_9", "hard": "curv_contour_length_14"}
-SOURCES = ("generate", "release")
+SOURCES = ("generate", "release", "auto")
+RELEASE_N_EXAMPLES = 200_000  # images per difficulty in the release (and the generated default)
 INPUT_MODES = ("real", "tokens")
 MAX_UNREADABLE_FRAC, MAX_UNREADABLE_MIN = 0.01, 10
-register_archives("pathfinder", LRA_RELEASE, optional=True)  # read only for source=release
-register_archives("pathx", LRA_RELEASE, optional=True)
+# read for source=release, and for source=auto when staged; `prepare --release/--from` builds source=release
+register_archives("pathfinder", LRA_RELEASE, optional=True, release_options={"source": "release"})
+register_archives("pathx", LRA_RELEASE, optional=True, release_options={"source": "release"})
 
 
 def read_metadata(folder: Path) -> list[tuple[Path, int]]:
@@ -191,37 +196,88 @@ class PathfinderDataset(Dataset):
         return {"inputs": inputs, "label": int(self.labels[j])}
 
 
-def _release_folder(task: str, data_dir: Path, release_dir: str | None, size: int, difficulty: str) -> Path:
+def find_release(root: str | Path, size: int, difficulty: str) -> Path | None:
+    """The release's ``pathfinder{size}/<difficulty folder>/`` at or below ``root`` (a ``metadata/`` folder in it),
+    else None. ``root`` may be that folder, its ``pathfinder{size}/`` parent, the inner or outer ``lra_release/``
+    (the archive unpacks to ``lra_release/lra_release/pathfinder32/...``) or the folder holding it."""
     sub, res = RELEASE_FOLDERS[difficulty], f"pathfinder{size}"
-    root = Path(release_dir).expanduser() if release_dir is not None else LRA_RELEASE.target(data_dir)
-    for folder in (root / res / sub, root / sub, root, root / "lra_release" / res / sub):
+    root = Path(root).expanduser()
+    for folder in (root / res / sub, root / sub, root, root / "lra_release" / res / sub,
+                   root / "lra_release" / "lra_release" / res / sub):
         if (folder / "metadata").is_dir() and (folder is not root or root.name == sub):
             return folder
-    raise missing(task, data_dir, f"the LRA release folder {res}/{sub}/ (metadata/ and imgs/) under {root}")
+    return None
+
+
+def _release_folder(task: str, data_dir: Path, release_dir: str | None, size: int, difficulty: str) -> Path:
+    root = Path(release_dir).expanduser() if release_dir is not None else LRA_RELEASE.target(data_dir)
+    folder = find_release(root, size, difficulty)
+    if folder is None:
+        raise missing(task, data_dir, f"the LRA release folder pathfinder{size}/{RELEASE_FOLDERS[difficulty]}/ "
+                                      f"(metadata/ and imgs/) under {root}")
+    return folder
+
+
+def choose_source(task: str, size: int, data_dir: Path, source: str | None, release_dir: str | None,
+                  difficulty: str, n_examples: int, data_seed: int, contour_length: int | None) -> tuple[str, str]:
+    """(``release`` | ``generate``, why) for the builder's options.
+
+    ``auto`` reads the release when ``release_dir`` is given or the difficulty's release folder is staged under the
+    data dir, unless a generation option (``contour_length``, ``n_examples`` other than the release's 200,000, a
+    nonzero ``data_seed``) asks for generated data; else it generates. None: release when ``release_dir`` is given.
+    """
+    if source not in (None, *SOURCES):
+        raise ValueError(f"{task}: unknown source {source!r}; known: {', '.join(SOURCES)}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"{task}: unknown difficulty {difficulty!r}; known: {', '.join(DIFFICULTIES)}")
+    staged = LRA_RELEASE.target(data_dir)
+    found = find_release(staged, size, difficulty)
+    at = f"pathfinder{size}/{RELEASE_FOLDERS[difficulty]}"
+    if source == "auto":
+        if release_dir is not None:
+            return "release", f"source auto: release_dir {release_dir} is given"
+        asked = ((["contour_length"] if contour_length is not None else [])
+                 + (["n_examples"] if n_examples != RELEASE_N_EXAMPLES else []) + (["data_seed"] if data_seed else []))
+        if asked:
+            return "generate", f"source auto with the generation option(s) {', '.join(asked)}: generated"
+        if found is not None:
+            return "release", f"source auto: the LRA release is staged at {found}"
+        return "generate", (f"source auto: no LRA release {at} staged under {staged}, so generated; python -m "
+                            f"tasks prepare {task} --release (or --from <lra_release.gz>) stages it")
+    if source is None:
+        source = "release" if release_dir is not None else "generate"
+        label = "source null" + ("" if release_dir is not None else " without release_dir")
+    else:
+        label = f"source {source}"
+    if release_dir is not None:
+        return source, f"{label}: release_dir {release_dir} is given"
+    if source == "release":
+        return "release", (f"{label}: the LRA release staged at {found}" if found is not None else
+                           f"{label}, but no LRA release {at} is staged under {staged}")
+    return "generate", f"{label} generates" + ("; the staged LRA release is not read (source auto or release would "
+                                                "read it)" if found is not None else "")
 
 
 def _build(task: str, size: int, data_dir: Path, difficulty: str, source: str | None, release_dir: str | None,
            input_mode: str, n_examples: int, data_seed: int, split_seed: int, contour_length: int | None,
            workers: int, batch_size: int, seed: int, num_workers: int, progress: bool) -> Task:
-    if difficulty not in DIFFICULTIES:
-        raise ValueError(f"{task}: unknown difficulty {difficulty!r}; known: {', '.join(DIFFICULTIES)}")
     if input_mode not in INPUT_MODES:
         raise ValueError(f"{task}: unknown input_mode {input_mode!r}; known: {', '.join(INPUT_MODES)}")
-    source = source or ("release" if release_dir is not None else "generate")
-    if source not in SOURCES:
-        raise ValueError(f"{task}: unknown source {source!r}; known: {', '.join(SOURCES)}")
     data_dir = Path(data_dir)
+    source, reason = choose_source(task, size, data_dir, source, release_dir, difficulty, n_examples, data_seed,
+                                   contour_length)
     if source == "release":
         if contour_length is not None:
             raise ValueError(f"{task}: contour_length only applies to generated data; the release has difficulty")
         folder = _release_folder(task, data_dir, release_dir, size, difficulty)
         images, labels, details = load_release(folder, data_dir / "pathfinder" / "cache", size, progress)
-        origin: dict[str, Any] = {"source": "release", "generated": False, "release_dir": str(folder),
+        origin: dict[str, Any] = {"source": "release", "source_reason": reason, "generated": False,
+                                  "release_dir": str(folder),
                                   "data_dir": details["cache_dir"], "n_listed": details["n_listed"],
                                   "skipped": details["skipped"], "benchmark": difficulty == "hard"}
     else:
         if release_dir is not None:
-            raise ValueError(f"{task}: release_dir is given but source is {source!r}; use source: release")
+            raise ValueError(f"{task}: release_dir is given but source is 'generate'; use source: release")
         if n_examples < 10:
             raise ValueError(f"{task}: n_examples must be >= 10 so every split gets an example; got {n_examples}")
         params = lra_params(size, contour_length or DIFFICULTIES[difficulty])
@@ -232,7 +288,8 @@ def _build(task: str, size: int, data_dir: Path, difficulty: str, source: str | 
         folder = data_dir / "pathfinder" / "generated" / name
         ensure_generated(folder, params, n_examples, data_seed, workers=workers, progress=progress)
         images, labels = load_generated(folder)
-        origin = {"source": "generate", "generated": True, "data_dir": str(folder), "benchmark": False,
+        origin = {"source": "generate", "source_reason": reason, "generated": True, "data_dir": str(folder),
+                  "benchmark": False,
                   "generation": {**json.loads(json.dumps(params.__dict__)), "n_examples": n_examples,
                                  "data_seed": data_seed, "chunk_size": CHUNK_SIZE, "format_version": FORMAT_VERSION}}
     splits = split_indices(len(labels), split_seed)
@@ -253,7 +310,14 @@ def _shape(task: str, size: int, o: dict) -> TaskSpec:
     return TaskSpec(name=task, n_classes=2, l_max=size * size, chance_acc=0.5,
                     **({"vocab_size": 257} if o["input_mode"] == "tokens" else {"d_input": 1}))
 
-@register_task("pathfinder", shape=functools.partial(_shape, "pathfinder", 32))
+def _source(task: str, size: int, data_dir: Path, o: dict[str, Any]) -> tuple[str, str]:
+    """``register_task``'s source function: ("release" | "generate", why)."""
+    return choose_source(task, size, data_dir, o["source"], o["release_dir"], o["difficulty"], o["n_examples"],
+                         o["data_seed"], o["contour_length"])
+
+
+@register_task("pathfinder", shape=functools.partial(_shape, "pathfinder", 32),
+               source=functools.partial(_source, "pathfinder", 32))
 def pathfinder(data_dir: Path, difficulty: str = "hard", source: str | None = None, release_dir: str | None = None,
                input_mode: str = "real", n_examples: int = 200_000, data_seed: int = 0, split_seed: int = 42,
                contour_length: int | None = None, workers: int = 0, batch_size: int = 64, seed: int = 0,
@@ -265,8 +329,13 @@ def pathfinder(data_dir: Path, difficulty: str = "hard", source: str | None = No
             under ``<data_dir>/pathfinder/cache/``, the release by default where ``python -m tasks prepare
             pathfinder --release`` stages it (``<data_dir>/lra/lra_release``).
         difficulty: ``easy`` | ``intermediate`` | ``hard`` (contour length 6 / 9 / 14; LRA uses hard).
-        source: ``generate`` | ``release``; None: release when ``release_dir`` is given, else generate.
-        release_dir: a copy of the release: ``lra_release/``, its ``pathfinder32/`` or the difficulty folder.
+        source: ``generate`` | ``release`` | ``auto``; None: release when ``release_dir`` is given, else generate.
+            ``auto``: the release when ``release_dir`` is given or the release is staged under the data dir, else
+            generate; generation options (``contour_length``, ``n_examples`` other than 200,000, a nonzero
+            ``data_seed``) make it generate. ``info["source"]`` says which was used, ``info["source_reason"]`` why.
+        release_dir: a copy of the release: the outer or inner ``lra_release/`` (the archive unpacks to
+            ``lra_release/lra_release/pathfinder32/...``) or the folder holding it, its ``pathfinder32/`` or the
+            difficulty folder.
         input_mode: ``real`` ((L, 1) pixel / 255) or ``tokens`` (ids pixel + 1, vocabulary 257).
         n_examples: images to generate (the release has 200,000 per difficulty).
         data_seed: generator seed (example i is drawn from ``[data_seed, i]``); not the training seed.
@@ -287,7 +356,7 @@ def pathfinder(data_dir: Path, difficulty: str = "hard", source: str | None = No
                   split_seed, contour_length, workers, batch_size, seed, num_workers, progress)
 
 
-@register_task("pathx", shape=functools.partial(_shape, "pathx", 128))
+@register_task("pathx", shape=functools.partial(_shape, "pathx", 128), source=functools.partial(_source, "pathx", 128))
 def pathx(data_dir: Path, difficulty: str = "hard", source: str | None = None, release_dir: str | None = None,
           input_mode: str = "real", n_examples: int = 200_000, data_seed: int = 0, split_seed: int = 42,
           contour_length: int | None = None, workers: int = 0, batch_size: int = 16, seed: int = 0,

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 
 from harness.registry import Registry, check_kwargs
 
-__all__ = ["TaskSpec", "Task", "DatasetMissingError", "register_task", "build_task", "list_tasks", "task_spec"]
+__all__ = ["TaskSpec", "Task", "DatasetMissingError", "register_task", "build_task", "list_tasks", "task_spec",
+           "data_source"]
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -53,18 +54,45 @@ _TASKS: Registry[Callable[..., Task]] = Registry("task")
 
 
 _SHAPES: dict[str, Callable[[dict[str, Any]], TaskSpec]] = {}
+_SOURCES: dict[str, Callable[[Path, dict[str, Any]], tuple[str, str]]] = {}
 
 
-def register_task(name: str, shape: Callable[[dict[str, Any]], TaskSpec] | None = None
+def register_task(name: str, shape: Callable[[dict[str, Any]], TaskSpec] | None = None,
+                  source: Callable[[Path, dict[str, Any]], tuple[str, str]] | None = None
                   ) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
     """Register a task builder ``fn(data_dir, seed, **options) -> Task`` under ``name``.
 
     ``shape(options) -> TaskSpec`` gives the spec's shape fields (classes, length, vocabulary or input width, dual
     input, chance) from the builder's options with their defaults filled in, without touching any data; it serves
-    parameter counts and model checks for tasks whose data are not staged (``task_spec``)."""
+    parameter counts and model checks for tasks whose data are not staged (``task_spec``).
+
+    ``source(data_dir, options) -> (source, why)``, for tasks that can either generate their data or read a
+    release (ListOps, Pathfinder, Path-X): which one a build with these options would use (``"release"`` or
+    ``"generate"``) and why, looking only at what is staged; the builder decides with the same function."""
     if shape is not None:
         _SHAPES[name] = shape
+    if source is not None:
+        _SOURCES[name] = source
     return _TASKS.register(name)
+
+
+def _bound_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the builder's defaults filled in (``data_dir`` and ``seed`` left out)."""
+    fn = _TASKS.get(name)
+    check_kwargs(fn, options, what=f"task {name!r}", skip=("data_dir", "seed"))
+    bound = inspect.signature(fn).bind_partial(**options)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k not in ("data_dir", "seed")}
+
+
+def data_source(name: str, data_dir: str | Path, **options: Any) -> tuple[str, str] | None:
+    """Which data a build of task ``name`` with ``options`` would read, and why, without reading them:
+    ``("release" | "generate", reason)``; None for a task with a single source. Raises ValueError for an
+    unknown option value (as the builder would)."""
+    if name not in _SOURCES:
+        _TASKS.get(name)  # KeyError for an unknown task
+        return None
+    return _SOURCES[name](Path(data_dir).expanduser(), _bound_options(name, options))
 
 
 def task_spec(name: str, **options: Any) -> TaskSpec:

@@ -1,5 +1,10 @@
-"""The S4 / S4D sequence layer: SSM convolution (FFT, linear not circular) + D skip, GELU, dropout,
+"""The S4 / S4D sequence layer: SSM convolution (FFT, linear not circular) + D skip, [dropout,] GELU, dropout,
 position-wise linear with GLU. Registered as ``s4`` (NPLR kernel, HiPPO-LegS) and ``s4d`` (diagonal kernel).
+
+Dropout (p = ``dropout``; none at all when p = 0): after the GELU, element-wise or, with ``tie_dropout``, one mask
+per (example, channel) shared by all positions; with ``pre_gelu_dropout`` also an element-wise one on the SSM
+output y + D u before the GELU (state-spaces/s4 HEAD's FFTConv dropout). Both are the identity in eval mode, and
+step mode applies neither.
 
 B batch, L length, H d_model, N d_state, C kernel channels (2 when bidirectional: one per direction).
 
@@ -16,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backbone import TiedDropout  # one mask per (example, channel), as the residual's
 from models.precision import at_least_float32, autocast_off, float32_backward
 from models.registry import register_layer
 from models.s4.kernel import DiagKernel, NPLRKernel
@@ -53,11 +59,16 @@ class _FFTConv(torch.autograd.Function):
 
 
 class S4Layer(nn.Module):
-    def __init__(self, kernel: nn.Module, d_model: int, bidirectional: bool, dropout: float):
+    def __init__(self, kernel: nn.Module, d_model: int, bidirectional: bool, dropout: float,
+                 tie_dropout: bool = False, pre_gelu_dropout: bool = False):
         super().__init__()
         self.kernel, self.bidirectional = kernel, bidirectional
         self.D = nn.Parameter(torch.randn(d_model))
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if dropout > 0:
+            self.drop = TiedDropout(dropout) if tie_dropout else nn.Dropout(dropout)
+        else:
+            self.drop = nn.Identity()
+        self.pre_drop = nn.Dropout(dropout) if pre_gelu_dropout and dropout > 0 else nn.Identity()
         self.out = nn.Linear(d_model, 2 * d_model)  # GLU halves it back to H
         self._step_mats: tuple[torch.Tensor, ...] | None = None
 
@@ -78,7 +89,7 @@ class S4Layer(nn.Module):
                 k = F.pad(k, (0, length)) + F.pad(kc[1].flip(-1), (length, 0))  # (H, 2L)
             y = _FFTConv.apply(u, k)                        # (B, H, L), linear (not circular) convolution
         y = y.transpose(1, 2).contiguous()                  # (B, L, H); the activation and its gradient then share
-        y = self.drop(F.gelu(y))                            # one layout (mixed strides made GELU's backward 3x slower)
+        y = self.drop(F.gelu(self.pre_drop(y)))             # one layout (mixed strides made GELU's backward 3x slower)
         return F.glu(self.out(y), dim=-1)
 
     # -- recurrent mode ---------------------------------------------------------------------------------
@@ -110,35 +121,59 @@ class S4Layer(nn.Module):
 @register_layer("s4")
 def s4(d_model: int, l_max: int, d_state: int = 64, bidirectional: bool = False, dropout: float = 0.0,
        init: str = "legs", dt_min: float = 1e-3, dt_max: float = 1e-1, lr: float = 1e-3,
-       backend: str = "auto") -> nn.Module:
+       backend: str = "auto", n_ssm: int | None = None, b_clip: float | None = None, c_init: str = "tilde",
+       tie_dropout: bool = False, pre_gelu_dropout: bool = False, dt_lr: float | str = "ssm",
+       c_lr: float | str = "main") -> nn.Module:
     """S4 (Gu, Goel & Ré, ICLR 2022): NPLR SSM kernel by Cauchy kernels and the Woodbury identity.
 
     Args:
-        d_model: width H (independent SSMs, one per channel).
+        d_model: width H.
         l_max: longest sequence; the kernel is computed at this length and cut to the input's length.
         d_state: state size N (even: N/2 conjugate pairs are stored).
-        bidirectional: add a second kernel run backwards (non-causal tasks).
-        dropout: after the activation.
+        bidirectional: add a second kernel run backwards (non-causal tasks); it shares dt, A, P, B and has its own C.
+        dropout: probability p of the dropout after the activation (and of the pre-GELU one, if enabled).
         init: ``legs`` (HiPPO-LegS) or ``random`` (random NPLR ablation).
-        dt_min, dt_max: range of the log-uniform timescale init.
-        lr: learning rate of the SSM parameters (A, B, P, dt), which also get weight decay 0.
+        dt_min, dt_max: range of the log-uniform timescale init (one dt per channel).
+        lr: learning rate of the SSM parameters (A, B, P; and dt and C where ``dt_lr`` / ``c_lr`` say "ssm"),
+            which get weight decay 0 (C excepted).
         backend: Cauchy kernel backend: auto, ref, keops, triton.
+        n_ssm: number K of independent (A, P, B) copies; None: one per channel (K = H). K must divide H; channel h
+            uses copy h % K (state-spaces/s4's '(v t)' tiling). dt, C and D stay per channel.
+        b_clip: if set, clip Im(B) of the NPLR B (HiPPO B in the eigenbasis) to [-b_clip, b_clip] at init;
+            Re(B) and P are unchanged (state-spaces/s4 v4 uses 2.0; at N=64 that changes 11 of 32 modes).
+            None: no clipping.
+        c_init: ``tilde``: the stored C̃ is drawn i.i.d. complex standard normal (real and imaginary parts each
+            N(0, 1/2)), one per direction, channel and pair, and used as C̃ directly. ``upstream``: C is drawn so
+            and C̃ = C (I - Ā^{l_max}) is formed at construction from the initial dt, A, P, B (bilinear Ā), so the
+            kernel starts as the truncated generating function of the drawn C (state-spaces/s4).
+        tie_dropout: the dropout after the GELU draws one mask per (example, channel), shared by all positions.
+        pre_gelu_dropout: an extra element-wise dropout (same p, never tied) on the SSM output y + D u, before the
+            GELU (state-spaces/s4 HEAD's FFTConv dropout).
+        dt_lr: learning rate hint of dt: "ssm" (``lr``), "main" (the optimizer's main lr) or a float; dt always
+            gets weight decay 0.
+        c_lr: learning rate hint of C (C̃): "main" (default), "ssm" (``lr``) or a float; C keeps the main weight
+            decay.
     """
-    kern = NPLRKernel(d_model, l_max, d_state, 2 if bidirectional else 1, init, dt_min, dt_max, lr, backend)
-    return S4Layer(kern, d_model, bidirectional, dropout)
+    kern = NPLRKernel(d_model, l_max, d_state, 2 if bidirectional else 1, init, dt_min, dt_max, lr, backend,
+                      n_ssm=n_ssm, b_clip=b_clip, c_init=c_init, dt_lr=dt_lr, c_lr=c_lr)
+    return S4Layer(kern, d_model, bidirectional, dropout, tie_dropout, pre_gelu_dropout)
 
 
 @register_layer("s4d")
 def s4d(d_model: int, l_max: int, d_state: int = 64, bidirectional: bool = False, dropout: float = 0.0,
         init: str = "diag-lin", discretization: str = "zoh", dt_min: float = 1e-3, dt_max: float = 1e-1,
-        lr: float = 1e-3, backend: str = "auto") -> nn.Module:
+        lr: float = 1e-3, backend: str = "auto", n_ssm: int | None = None, tie_dropout: bool = False,
+        pre_gelu_dropout: bool = False, dt_lr: float | str = "ssm") -> nn.Module:
     """S4D (Gu, Gupta, Goel & Ré, NeurIPS 2022): diagonal SSM kernel by a Vandermonde product.
 
     Args:
-        d_model, l_max, d_state, bidirectional, dropout, dt_min, dt_max, lr, backend: as for ``s4``.
+        d_model, l_max, d_state, bidirectional, dropout, dt_min, dt_max, backend: as for ``s4``.
+        lr: learning rate of A and B (and of dt where ``dt_lr`` is "ssm"), which get weight decay 0; C uses the
+            optimizer's main lr and weight decay.
+        n_ssm, tie_dropout, pre_gelu_dropout, dt_lr: as for ``s4`` (n_ssm shares A and B).
         init: ``diag-lin`` (S4D-Lin) or ``diag-inv`` (S4D-Inv).
         discretization: ``zoh`` (default) or ``bilinear``.
     """
     kern = DiagKernel(d_model, l_max, d_state, 2 if bidirectional else 1, init, discretization, dt_min, dt_max,
-                      lr, backend)
-    return S4Layer(kern, d_model, bidirectional, dropout)
+                      lr, backend, n_ssm=n_ssm, dt_lr=dt_lr)
+    return S4Layer(kern, d_model, bidirectional, dropout, tie_dropout, pre_gelu_dropout)

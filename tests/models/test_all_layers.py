@@ -3,33 +3,41 @@ dual-input (retrieval) head; finite forward and backward, padding invariance, an
 full-sequence forward for every layer that has one (the recurrent ones must).
 
 Each layer is built with its own config file's hyperparameters (configs/model/<name>.yaml), narrowed to a tiny
-width; the causal variant is the one its ``per_task.first_token`` block selects.
+width, through the config resolver; the causal variant is the one its ``causal:`` block selects.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import functools
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import models  # noqa: F401  (registers the layers)
 from models.backbone import build_model
 from models.registry import build_layer, list_layers
 from tasks import task_spec
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 RECURRENT = {"lstm", "gru", "s4", "s4d", "s5", "lru", "mamba"}  # must offer default_state / step
 TINY = {"s4": {"d_state": 8}, "s4d": {"d_state": 8}, "s5": {"d_state": 8, "blocks": 2}, "lru": {"d_state": 8},
         "mamba": {"d_state": 4}}
 D_MODEL = 16
 
 
-def model_config(name: str, task: str | None = None) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml"))
-    per_task = (cfg.get("per_task") or {}).get(task, {}) if task else {}
-    hparams = {**(cfg.get("hparams") or {}), **per_task.get("hparams", {}), **TINY.get(name, {})}
-    backbone = {**(cfg.get("backbone") or {}), **per_task.get("backbone", {}), "d_model": D_MODEL, "n_layers": 2}
+@functools.cache
+def _suite():
+    from harness.config import compose_config
+
+    return compose_config(["suite=efficiency"])  # no model overrides: each model file's own settings
+
+
+def model_config(name: str, causal: bool = False) -> dict:
+    """The layer's hyperparameters and backbone as the resolver gives them (its causal variant with ``causal``),
+    narrowed to a tiny width; raises ValueError for a layer without a causal form."""
+    from harness.config import resolve_run
+
+    model = resolve_run(_suite(), "text", name, causal=causal).config["model"]
+    hparams = {**(model.get("hparams") or {}), **TINY.get(name, {})}
+    backbone = {**(model.get("backbone") or {}), "d_model": D_MODEL, "n_layers": 2}
     return {"hparams": hparams, "backbone": backbone}
 
 
@@ -86,9 +94,9 @@ def test_appending_padding_changes_nothing(name):
 
 @pytest.mark.parametrize("name", list_layers())
 def test_step_mode_equals_forward(name):
-    cfg = model_config(name, "first_token")
     torch.manual_seed(0)
     try:
+        cfg = model_config(name, causal=True)
         layer = build_layer(name, d_model=D_MODEL, l_max=64, **cfg["hparams"]).eval()
     except ValueError as exc:  # a layer without a causal form says so (e.g. linformer)
         assert name not in RECURRENT, exc

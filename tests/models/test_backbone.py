@@ -73,3 +73,46 @@ def test_dual_model_needs_both_documents():
     x, lengths = _tokens()
     with pytest.raises(ValueError, match="needs inputs2"):
         model(x, lengths)
+
+
+def test_tied_residual_dropout_shares_one_mask_per_example_and_channel():
+    from models.backbone import TiedDropout
+
+    torch.manual_seed(0)
+    drop = TiedDropout(0.5).train()
+    y = drop(torch.ones(4, 50, 32))
+    assert torch.equal(y, y[:, :1, :].expand_as(y))            # constant along the length
+    assert set(y.unique().tolist()) == {0.0, 2.0}                # kept values scaled by 1 / (1 - p)
+    assert 0.3 < (y[:, 0] == 0).float().mean() < 0.7             # about half the (example, channel) pairs dropped
+    assert len({tuple(row.tolist()) for row in y[:, 0]}) == 4    # a mask of its own per example
+    assert torch.equal(drop.eval()(torch.ones(2, 5, 3)), torch.ones(2, 5, 3))
+    net = build_model("s4d", TaskSpec(name="t", n_classes=2, l_max=16, chance_acc=0.5, vocab_size=5),
+                      {"d_model": 8, "n_layers": 1, "dropout": 0.3, "tie_dropout": True}, {"d_state": 4})
+    assert isinstance(net.blocks[0].drop, TiedDropout)
+
+
+def test_final_norm_bn_momentum_and_encoder_bias_options():
+    spec = TaskSpec(name="t", n_classes=2, l_max=16, chance_acc=0.5, vocab_size=5)
+    s5like = build_model("s4d", spec, {"d_model": 8, "n_layers": 1, "norm": "batch", "prenorm": True,
+                                       "final_norm": False, "bn_momentum": 0.05, "encoder_bias": True}, {"d_state": 4})
+    assert isinstance(s5like.final_norm.norm, torch.nn.Identity)
+    assert s5like.blocks[0].norm.norm.bn.momentum == 0.05
+    default = build_model("s4d", spec, {"d_model": 8, "n_layers": 1, "norm": "batch"}, {"d_state": 4})
+    assert not isinstance(default.final_norm.norm, torch.nn.Identity) and default.encoder.bias is None
+    assert default.blocks[0].norm.norm.bn.momentum == 0.1
+    with torch.no_grad():
+        s5like.encoder.bias.fill_(0.5)
+        ids = torch.tensor([[1, 2, 3]])
+        assert torch.allclose(s5like.encoder(ids), s5like.encoder.embed(ids) + 0.5)
+
+
+def test_optimizer_hints_may_name_the_main_values():
+    from harness.optim import param_groups
+
+    d = torch.nn.Parameter(torch.ones(4))        # 1-D: no weight decay unless a hint says so
+    d._optim = {"weight_decay": "main"}
+    e = torch.nn.Parameter(torch.ones(4))
+    module = torch.nn.Module()
+    module.d, module.e = d, e
+    groups = {(g["lr"], g["weight_decay"]): g["params"] for g in param_groups(module, 0.01, 0.05)}
+    assert groups[(0.01, 0.05)] == [d] and groups[(0.01, 0.0)] == [e]

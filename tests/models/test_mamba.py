@@ -177,7 +177,7 @@ def test_config_builds_and_backend_is_recorded():
     cfg = yaml.safe_load(CONFIG.read_text())
     accepted = set(inspect.signature(models.mamba.mamba).parameters) - {"d_model", "l_max"}
     assert cfg["name"] == "mamba" and set(cfg["hparams"]) <= accepted
-    for hp in (cfg["hparams"], {**cfg["hparams"], **cfg["per_task"]["first_token"]["hparams"]}):
+    for hp in (cfg["hparams"], {**cfg["hparams"], **cfg["causal"]["hparams"]}):
         layer = build_layer("mamba", d_model=16, l_max=32, **hp)
         assert layer.kernel_backend == "unresolved"
         layer(torch.randn(1, 32, 16))
