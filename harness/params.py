@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -84,20 +83,20 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from hydra import compose, initialize_config_dir
+    from harness.config import compose_config
 
     import models  # noqa: F401  (registers the layers)
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
-        match = [a.split("=", 1)[1] for a in argv if a.startswith("--match=")]
-        cfg = compose("config", overrides=[a for a in argv if not a.startswith("--match=")])
-        if match:  # suggest widths: python -m harness.params suite=lra --match=lstm
-            for task in cfg.tasks:
-                target = count_parameters(cfg, task, REFERENCE)["n_params"]
-                for model in match:
-                    d, n = match_d_model(cfg, task, model, target)
-                    print(f"{task:12s} {model:12s} d_model {d:5d}: {n:,} parameters vs {target:,} ({n / target:.3f})")
-            return 0
-        df = parameter_table(cfg)
+    # the command line's overrides, as run_suite.py takes them (they outrank every config file)
+    match = [a.split("=", 1)[1] for a in argv if a.startswith("--match=")]
+    cfg = compose_config([a for a in argv if not a.startswith("--match=")])
+    if match:  # suggest widths: python -m harness.params suite=lra --match=lstm
+        for task in cfg.tasks:
+            target = count_parameters(cfg, task, REFERENCE)["n_params"]
+            for model in match:
+                d, n = match_d_model(cfg, task, model, target)
+                print(f"{task:12s} {model:12s} d_model {d:5d}: {n:,} parameters vs {target:,} ({n / target:.3f})")
+        return 0
+    df = parameter_table(cfg)
     print(_markdown(df))
     bad = df[(df.comparison == "apples-to-apples") & ~df.within_tolerance]
     if len(bad):

@@ -41,6 +41,8 @@ class BackboneConfig:
     final_norm: bool | None = None  # a norm after the last block; None: only with prenorm (S4's rule); S5 has none
     bn_momentum: float = 0.1     # BatchNorm running-statistics momentum, torch's convention (flax's 0.95 = 0.05 here)
     encoder_bias: bool = False   # token embedding plus a learned bias (S5's one-hot -> Dense with bias)
+    decay_io: bool = False       # the encoder and the classifier, biases and embedding included, get the main weight
+                                 # decay (the S4 code decays everything outside its backbone); default: none on those
     pos_encoding: str = "none"   # "none" | "sinusoidal" | "learned"
     dual_hidden: int = 0         # width of the retrieval head's MLP (0: d_model)
     grad_checkpoint: bool = False  # recompute each block's forward in the backward instead of storing its activations
@@ -238,6 +240,9 @@ class SequenceModel(nn.Module):
             self.head = nn.Sequential(nn.Linear(4 * d, hidden), nn.GELU(), nn.Linear(hidden, n_classes))
         else:
             self.head = nn.Linear(d, n_classes)
+        if cfg.decay_io:  # hints read by harness/optim.py: the main weight decay, whatever the parameter's kind
+            for p in [*self.encoder.parameters(), *self.head.parameters()]:
+                p._optim = {"weight_decay": "main"}
 
     def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, L) ids or (B, L, D) values -> pooled (B, H)."""

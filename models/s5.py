@@ -12,13 +12,26 @@ y_k = 2 Re(C̃ x_k) + D u_k, computed for all k by ``models.scan.scan``. Bidirec
 (Λ̄, B̄) also run backwards, read by its own C̃_2; the two outputs are summed.
 
 Init (S5 code ``ssm_init.py``/``ssm.py``): B real (P, H) lecun-normal (truncated normal, variance 1/P: the JAX
-initialiser reads fan_in from axis -2 of the (P, H) array) then B̃ = V^{-1} B; C complex (H, P), real and imaginary
-parts truncated normal with variance 1/P ("trunc_standard_normal") then C̃ = C V; D ~ N(0, 1);
-log Δ ~ U[log dt_min, log dt_max]. Λ, B̃ and log Δ carry ``_optim = {"lr": lr, "weight_decay": 0}``
-(S5's "standard" optimiser configuration); C̃ and D use the global settings.
+initialiser reads fan_in from axis -2 of the (P, H) array) then B̃ = V^{-1} B; C̃ by ``c_init``:
+"trunc_standard_normal" (default): C complex (H, P), real and imaginary parts truncated normal (at 2 std) with
+variance 1/P, then C̃ = C V; "lecun_normal": the same with variance 1/(H P); "complex_normal": C̃ (H, P/2) drawn
+directly (no V), real and imaginary parts N(0, 1/2), not truncated, so E|c̃|^2 = 1. D ~ N(0, 1);
+log Δ ~ U[log dt_min, log dt_max]. ``clip_eigs``: the system uses min(Re Λ, -1e-4) + i Im Λ (the stored Λ is not
+clipped; no gradient where the clip is active).
+
+Optimiser hints (``param._optim``, read by harness/optim.py), by S5's ``opt_config`` / ``dt_global``: "standard":
+Λ, B̃ and log Δ carry ``{"lr": lr, "weight_decay": 0}``; "BfastandCdecay": B̃ none (global lr and weight decay);
+"BandCdecay": B̃ ``{"lr": lr}`` (SSM lr, global weight decay); ``dt_global``: log Δ ``{"weight_decay": "main"}``
+(global lr and weight decay). C̃ carries none; D ``{"weight_decay": "main"}`` with ``decay_d`` (S5 decays it).
 
 Recurrent mode (``bidirectional=False`` only): ``state = layer.default_state(B)`` (re-run it after the parameters
 change), then ``y_t, state = layer.step(x_t, state)``.
+
+Dropout (p = ``dropout``; none at all when p = 0): once, after the GELU, element-wise or, with ``tie_dropout``,
+one mask per (example, channel) shared by all positions (as S5's flax ``Dropout(broadcast_dims=[0])``). S5's GLU
+activations drop again after the GLU: that is the backbone's residual dropout here (backbone.dropout /
+backbone.tie_dropout), so S5's count is layer and backbone dropout both p; its ``gelu`` activation drops only once
+(layer dropout 0, backbone dropout p).
 
 Precision: the SSM (discretisation, B̄ u, the scan, the read-out and D u) runs in float32 / complex64 with autocast
 off, on the input cast to float32 (models/precision.py); under bf16 autocast the GLU's projections run in bf16.
@@ -31,12 +44,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backbone import TiedDropout  # one mask per (example, channel), as the residual's
 from models.precision import at_least_float32, autocast_off
 from models.registry import register_layer
 from models.s4.hippo import hippo_legs, nplr_legs
 from models.scan import complex_in, real_out, scan
 
 ACTIVATIONS = ("gelu", "full_glu", "half_glu1", "half_glu2")
+C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
+GELUS = {"exact": "none", "tanh": "tanh"}              # our name -> F.gelu's ``approximate``
+OPT_CONFIGS = ("standard", "BfastandCdecay", "BandCdecay")
+CLIP_EIGS_MAX = -1e-4                                   # S5's clip_eigs bound on Re Λ
 _TRUNC_STD = 0.87962566103423978  # std of a standard normal truncated to [-2, 2] (JAX's variance_scaling)
 
 
@@ -76,10 +94,19 @@ def _cparam(t: torch.Tensor) -> nn.Parameter:
 
 class S5Layer(nn.Module):
     def __init__(self, d_model: int, d_state: int, blocks: int, bidirectional: bool, activation: str,
-                 discretization: str, dt_min: float, dt_max: float, dropout: float, lr: float | None):
+                 discretization: str, dt_min: float, dt_max: float, dropout: float, lr: float | None,
+                 c_init: str = "trunc_standard_normal", clip_eigs: bool = False, gelu: str = "exact",
+                 tie_dropout: bool = False, opt_config: str = "standard", dt_global: bool = False,
+                 decay_d: bool = False):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+        if c_init not in C_INITS:
+            raise ValueError(f"unknown c_init {c_init!r}; known: {', '.join(C_INITS)}")
+        if gelu not in GELUS:
+            raise ValueError(f"unknown gelu {gelu!r}; known: {', '.join(GELUS)}")
+        if opt_config not in OPT_CONFIGS:
+            raise ValueError(f"unknown opt_config {opt_config!r}; known: {', '.join(OPT_CONFIGS)}")
         if discretization not in ("zoh", "bilinear"):
             raise ValueError(f"unknown discretization {discretization!r}; known: zoh, bilinear")
         if not 0 < dt_min <= dt_max:
@@ -88,28 +115,50 @@ class S5Layer(nn.Module):
         half, k = d_state // 2, 2 if bidirectional else 1
         self.h, self.p, self.bidirectional = d_model, d_state, bidirectional
         self.activation, self.discretization = activation, discretization
+        self.clip_eigs, self.gelu_approximate = clip_eigs, GELUS[gelu]
         b = v.conj().T @ _trunc_normal(d_state, d_model, fan_in=d_state).to(v.dtype)   # (P/2, H) = V^{-1} B
-        c = torch.complex(_trunc_normal(k, d_model, d_state, fan_in=d_state),
-                          _trunc_normal(k, d_model, d_state, fan_in=d_state)) @ v         # (K, H, P/2) = C V
+        if c_init == "complex_normal":                   # C̃ itself, (H, K P/2) column blocks: forward, backward
+            c = torch.view_as_complex(torch.randn(d_model, k * half, 2, dtype=torch.float64) * math.sqrt(0.5))
+            c = c.reshape(d_model, k, half).transpose(0, 1).contiguous()                  # (K, H, P/2)
+        else:
+            fan_in = d_state if c_init == "trunc_standard_normal" else d_model * d_state
+            c = torch.complex(_trunc_normal(k, d_model, d_state, fan_in=fan_in),
+                              _trunc_normal(k, d_model, d_state, fan_in=fan_in)) @ v      # (K, H, P/2) = C V
         log_dt = torch.rand(half, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         ssm = {"Lambda_re": nn.Parameter(lam.real.float()), "Lambda_im": nn.Parameter(lam.imag.float()),
                "B": _cparam(b), "log_dt": nn.Parameter(log_dt.float())}
+        if lr is not None:                               # S5's "ssm" group: its own lr, no weight decay
+            for name in ("Lambda_re", "Lambda_im") + (() if dt_global else ("log_dt",)):
+                ssm[name]._optim = {"lr": lr, "weight_decay": 0.0}
+            if opt_config == "standard":
+                ssm["B"]._optim = {"lr": lr, "weight_decay": 0.0}
+            elif opt_config == "BandCdecay":             # the SSM lr with the global weight decay (B is 3-D)
+                ssm["B"]._optim = {"lr": lr}
+            if dt_global:                                # S5's "regular" group: global lr and weight decay
+                ssm["log_dt"]._optim = {"weight_decay": "main"}
         for name, p in ssm.items():
-            if lr is not None:
-                p._optim = {"lr": lr, "weight_decay": 0.0}
             self.register_parameter(name, p)
         self.C = _cparam(c)                              # (K, H, P/2, 2)
         self.D = nn.Parameter(torch.randn(d_model))      # (H,)
+        if decay_d:                                      # 1-D: no weight decay unless a hint says so
+            self.D._optim = {"weight_decay": "main"}
         if activation == "full_glu":
             self.out1 = nn.Linear(d_model, d_model)
         if activation != "gelu":
             self.out2 = nn.Linear(d_model, d_model)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if dropout > 0:
+            self.drop = TiedDropout(dropout) if tie_dropout else nn.Dropout(dropout)
+        else:
+            self.drop = nn.Identity()
         self._step_mats: tuple[torch.Tensor, ...] | None = None
 
+    def lambda_real(self) -> torch.Tensor:
+        """Re Λ as the system uses it: the parameter, or min(parameter, -1e-4) with ``clip_eigs``."""
+        return self.Lambda_re.clamp(max=CLIP_EIGS_MAX) if self.clip_eigs else self.Lambda_re
+
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Λ̄ (P/2,), B̄ (P/2, H)) complex, from the current parameters."""
-        lam = torch.complex(self.Lambda_re, self.Lambda_im)
+        """(Λ̄ (P/2,), B̄ (P/2, H)) complex, from the current parameters (Re Λ clipped with ``clip_eigs``)."""
+        lam = torch.complex(self.lambda_real(), self.Lambda_im)
         dt = torch.exp(self.log_dt)
         b = torch.view_as_complex(self.B)
         if self.discretization == "zoh":
@@ -134,7 +183,7 @@ class S5Layer(nn.Module):
 
     def _act(self, y: torch.Tensor) -> torch.Tensor:
         """S5's activations (code ``layers.py``) over the last dim; the backbone adds the residual and its dropout."""
-        z = self.drop(F.gelu(y))
+        z = self.drop(F.gelu(y, approximate=self.gelu_approximate))
         if self.activation == "gelu":
             return z
         if self.activation == "full_glu":
@@ -169,7 +218,9 @@ class S5Layer(nn.Module):
 @register_layer("s5")
 def s5(d_model: int, l_max: int, d_state: int = 256, blocks: int = 8, bidirectional: bool = False,
        activation: str = "half_glu1", discretization: str = "zoh", dt_min: float = 1e-3, dt_max: float = 1e-1,
-       dropout: float = 0.0, lr: float = 1e-3) -> nn.Module:
+       dropout: float = 0.0, lr: float = 1e-3, c_init: str = "trunc_standard_normal", clip_eigs: bool = False,
+       gelu: str = "exact", tie_dropout: bool = False, opt_config: str = "standard",
+       dt_global: bool = False, decay_d: bool = False) -> nn.Module:
     """S5 (Smith, Warrington & Linderman, ICLR 2023): MIMO diagonal SSM (HiPPO-N init) computed by a parallel scan.
 
     Defaults are the S5 code's (``run_train.py``): P 256, J 8, ZOH, half_glu1, dt in [1e-3, 1e-1], SSM lr 1e-3.
@@ -183,7 +234,25 @@ def s5(d_model: int, l_max: int, d_state: int = 256, blocks: int = 8, bidirectio
         activation: ``gelu``, ``full_glu``, ``half_glu1`` (default) or ``half_glu2``.
         discretization: ``zoh`` (default) or ``bilinear``.
         dt_min, dt_max: range of the log-uniform init of the per-state timescales Δ.
-        dropout: after the GELU.
-        lr: learning rate of Λ, B̃ and log Δ, which also get weight decay 0.
+        dropout: after the GELU (S5's second dropout, after the GLU, is the backbone's residual dropout; S5's
+            ``gelu`` activation has only one: use 0 here and the backbone's).
+        lr: the SSM learning rate: of Λ, B̃ and log Δ (which then also get weight decay 0) under
+            ``opt_config="standard"``; ``None``: no hints, every parameter on the global settings.
+        c_init: ``trunc_standard_normal`` (default: C's real and imaginary parts truncated normal, variance 1/P,
+            then C̃ = C V), ``lecun_normal`` (the same with variance 1/(H P)) or ``complex_normal`` (C̃ drawn
+            directly, real and imaginary parts N(0, 1/2), untruncated, no V; one block of columns per direction).
+        clip_eigs: the system (forward, ``discrete``, step mode) uses min(Re Λ, -1e-4); the parameter itself is
+            not clipped and gets no gradient where the clip is active.
+        gelu: ``exact`` (default, erf) or ``tanh`` (the tanh approximation, JAX/flax's ``gelu``), in every
+            activation.
+        tie_dropout: the layer's dropout draws one mask per (example, channel), shared by all positions (S5's
+            ``broadcast_dims=[0]``); the residual dropout has its own switch, backbone.tie_dropout.
+        opt_config: S5's optimiser grouping of B̃: ``standard`` (default: SSM lr, weight decay 0),
+            ``BfastandCdecay`` (global lr and global weight decay: no hint) or ``BandCdecay`` (SSM lr, global
+            weight decay: hint ``{"lr": lr}``). Λ always gets the SSM lr and weight decay 0; C̃ the global settings.
+        dt_global: log Δ on the global lr and the global weight decay (hint ``{"weight_decay": "main"}``).
+        decay_d: D gets the global weight decay (S5's rule; by default D, a 1-D parameter, gets none).
     """
-    return S5Layer(d_model, d_state, blocks, bidirectional, activation, discretization, dt_min, dt_max, dropout, lr)
+    return S5Layer(d_model, d_state, blocks, bidirectional, activation, discretization, dt_min, dt_max, dropout, lr,
+                   c_init=c_init, clip_eigs=clip_eigs, gelu=gelu, tie_dropout=tie_dropout, opt_config=opt_config,
+                   dt_global=dt_global, decay_d=decay_d)

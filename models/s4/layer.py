@@ -60,10 +60,12 @@ class _FFTConv(torch.autograd.Function):
 
 class S4Layer(nn.Module):
     def __init__(self, kernel: nn.Module, d_model: int, bidirectional: bool, dropout: float,
-                 tie_dropout: bool = False, pre_gelu_dropout: bool = False):
+                 tie_dropout: bool = False, pre_gelu_dropout: bool = False, decay_d: bool = False):
         super().__init__()
         self.kernel, self.bidirectional = kernel, bidirectional
         self.D = nn.Parameter(torch.randn(d_model))
+        if decay_d:  # a 1-D parameter gets no weight decay by default (harness/optim.py); the S4 code decays D
+            self.D._optim = {"weight_decay": "main"}
         if dropout > 0:
             self.drop = TiedDropout(dropout) if tie_dropout else nn.Dropout(dropout)
         else:
@@ -123,7 +125,7 @@ def s4(d_model: int, l_max: int, d_state: int = 64, bidirectional: bool = False,
        init: str = "legs", dt_min: float = 1e-3, dt_max: float = 1e-1, lr: float = 1e-3,
        backend: str = "auto", n_ssm: int | None = None, b_clip: float | None = None, c_init: str = "tilde",
        tie_dropout: bool = False, pre_gelu_dropout: bool = False, dt_lr: float | str = "ssm",
-       c_lr: float | str = "main") -> nn.Module:
+       c_lr: float | str = "main", decay_d: bool = False) -> nn.Module:
     """S4 (Gu, Goel & Ré, ICLR 2022): NPLR SSM kernel by Cauchy kernels and the Woodbury identity.
 
     Args:
@@ -153,27 +155,29 @@ def s4(d_model: int, l_max: int, d_state: int = 64, bidirectional: bool = False,
             gets weight decay 0.
         c_lr: learning rate hint of C (C̃): "main" (default), "ssm" (``lr``) or a float; C keeps the main weight
             decay.
+        decay_d: give the skip D the optimizer's main weight decay (the S4 code's rule; by default D, a 1-D
+            parameter, gets none).
     """
     kern = NPLRKernel(d_model, l_max, d_state, 2 if bidirectional else 1, init, dt_min, dt_max, lr, backend,
                       n_ssm=n_ssm, b_clip=b_clip, c_init=c_init, dt_lr=dt_lr, c_lr=c_lr)
-    return S4Layer(kern, d_model, bidirectional, dropout, tie_dropout, pre_gelu_dropout)
+    return S4Layer(kern, d_model, bidirectional, dropout, tie_dropout, pre_gelu_dropout, decay_d)
 
 
 @register_layer("s4d")
 def s4d(d_model: int, l_max: int, d_state: int = 64, bidirectional: bool = False, dropout: float = 0.0,
         init: str = "diag-lin", discretization: str = "zoh", dt_min: float = 1e-3, dt_max: float = 1e-1,
         lr: float = 1e-3, backend: str = "auto", n_ssm: int | None = None, tie_dropout: bool = False,
-        pre_gelu_dropout: bool = False, dt_lr: float | str = "ssm") -> nn.Module:
+        pre_gelu_dropout: bool = False, dt_lr: float | str = "ssm", decay_d: bool = False) -> nn.Module:
     """S4D (Gu, Gupta, Goel & Ré, NeurIPS 2022): diagonal SSM kernel by a Vandermonde product.
 
     Args:
         d_model, l_max, d_state, bidirectional, dropout, dt_min, dt_max, backend: as for ``s4``.
         lr: learning rate of A and B (and of dt where ``dt_lr`` is "ssm"), which get weight decay 0; C uses the
             optimizer's main lr and weight decay.
-        n_ssm, tie_dropout, pre_gelu_dropout, dt_lr: as for ``s4`` (n_ssm shares A and B).
+        n_ssm, tie_dropout, pre_gelu_dropout, dt_lr, decay_d: as for ``s4`` (n_ssm shares A and B).
         init: ``diag-lin`` (S4D-Lin) or ``diag-inv`` (S4D-Inv).
         discretization: ``zoh`` (default) or ``bilinear``.
     """
     kern = DiagKernel(d_model, l_max, d_state, 2 if bidirectional else 1, init, discretization, dt_min, dt_max,
                       lr, backend, n_ssm=n_ssm, dt_lr=dt_lr)
-    return S4Layer(kern, d_model, bidirectional, dropout, tie_dropout, pre_gelu_dropout)
+    return S4Layer(kern, d_model, bidirectional, dropout, tie_dropout, pre_gelu_dropout, decay_d)

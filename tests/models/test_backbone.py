@@ -116,3 +116,19 @@ def test_optimizer_hints_may_name_the_main_values():
     module.d, module.e = d, e
     groups = {(g["lr"], g["weight_decay"]): g["params"] for g in param_groups(module, 0.01, 0.05)}
     assert groups[(0.01, 0.05)] == [d] and groups[(0.01, 0.0)] == [e]
+
+
+def test_decay_io_and_decay_d_give_the_main_weight_decay():
+    from harness.optim import param_groups
+
+    spec = TaskSpec(name="t", n_classes=2, l_max=16, chance_acc=0.5, vocab_size=5)
+    net = build_model("s4", spec, {"d_model": 8, "n_layers": 1, "decay_io": True},
+                      {"d_state": 4, "decay_d": True})
+    decayed = {id(p) for g in param_groups(net, 0.01, 0.05) if g["weight_decay"] == 0.05 and g["lr"] == 0.01
+               for p in g["params"]}
+    for p in [net.encoder.embed.weight, net.head.weight, net.head.bias, net.blocks[0].layer.D]:
+        assert id(p) in decayed
+    plain = build_model("s4", spec, {"d_model": 8, "n_layers": 1}, {"d_state": 4})
+    decayed = {id(p) for g in param_groups(plain, 0.01, 0.05) if g["weight_decay"] == 0.05 for p in g["params"]}
+    for p in [plain.encoder.embed.weight, plain.head.bias, plain.blocks[0].layer.D]:
+        assert id(p) not in decayed
