@@ -63,7 +63,11 @@ def dry_run(cfg: DictConfig) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
             handler.setStream(sys.stderr)
-    plans = plan_runs(cfg)
+    try:
+        plans = plan_runs(cfg)
+    except ValueError as exc:  # a command-line setting that would reach no run
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     for plan in plans:
         print(json.dumps(plan, sort_keys=True, default=str), flush=True)
     failed = [p for p in plans if "error" in p]

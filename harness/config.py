@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONFIGS", "Run", "read_config", "config_exists", "command_line", "recipe_layers", "resolve_run",
+__all__ = ["CONFIGS", "Run", "check_command_line", "read_config", "config_exists", "command_line", "recipe_layers", "resolve_run",
            "resolve_run_config", "task_options", "efficiency_layer", "compose_config"]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -103,15 +103,16 @@ GROUPS = ("suite", "train")  # config groups: `suite=lra` chooses a file, it set
 
 
 def command_line(cfg: DictConfig) -> list[str]:
-    """The command-line overrides that made ``cfg``: from the running Hydra application, else from a ``hydra`` node
-    (``compose(..., return_hydra_config=True)``), else from ``cfg.command_line`` (``harness.config.compose_config``)."""
+    """The command-line overrides that made ``cfg``: from the running Hydra application (``run_suite.py``), else from
+    its ``hydra`` node (``compose(..., return_hydra_config=True)``, as ``compose_config`` does), else none known (then
+    ``cfg``'s values that differ from the files still rank as the command line's: ``_command_line_values``)."""
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
         return list(HydraConfig.get().overrides.task)
     if "hydra" in cfg and OmegaConf.select(cfg, "hydra.overrides.task") is not None:
         return list(OmegaConf.select(cfg, "hydra.overrides.task"))
-    return list(cfg.get("command_line") or [])
+    return []
 
 
 def _group_choice(cfg: DictConfig, group: str, default: str) -> str:
@@ -131,6 +132,24 @@ def _parsed(overrides: list[str]) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create().parse_overrides(overrides) if overrides else []
+
+
+def _cli_deleted(cfg: DictConfig) -> list[str]:
+    """Dotted keys the command line deleted (``~task_overrides.listops.variant``): the suite's value is withdrawn."""
+    return [o.key_or_group for o in _parsed(command_line(cfg)) if o.is_delete()]
+
+
+def _without(tree: Any, prefix: str, deleted: list[str]) -> Any:
+    """``tree`` (found at dotted ``prefix``) without the leaves the command line deleted."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}.{k}" if prefix else str(k)
+        if path in deleted:
+            continue
+        out[k] = _without(v, path, deleted)
+    return out
 
 
 def _cli_keys(cfg: DictConfig) -> list[tuple[str, str]]:
@@ -260,6 +279,10 @@ def _layers(cfg: DictConfig, task: str, model: str, causal: bool | None,
 
     suite_choice = _group_choice(cfg, "suite", str(cfg.get("suite_name", "")))
     suite_file = read_config(f"suite/{suite_choice}") if config_exists(f"suite/{suite_choice}") else {}
+    deleted = _cli_deleted(cfg)
+    if deleted:  # a suite (or default) value the command line withdrew
+        suite_file = _without(suite_file, "", deleted)
+        layers[0] = (layers[0][0], {"train": _without(layers[0][1]["train"], "train", deleted)})
     name = f"configs/suite/{suite_choice}.yaml"
     if suite_file.get("train"):
         layers.append((f"{name}: train", {"train": suite_file["train"]}))
@@ -271,7 +294,7 @@ def _layers(cfg: DictConfig, task: str, model: str, causal: bool | None,
     if (suite_file.get("task_overrides") or {}).get(task):
         layers.append((f"{name}: task_overrides.{task}", {"task": {"options": suite_file["task_overrides"][task]}}))
 
-    base = {"train": {**read_config(f"train/{train_choice}"), **(suite_file.get("train") or {})},
+    base = {"train": {**layers[0][1]["train"], **(suite_file.get("train") or {})},
             "efficiency": eff_block, "model_overrides": suite_file.get("model_overrides") or {},
             "task_overrides": suite_file.get("task_overrides") or {}}
     cli: dict[str, list[tuple[str, dict]]] = {head: [] for head in LAYERED}
@@ -328,6 +351,35 @@ def _command_line_values(cfg: DictConfig, files: dict[str, Any]) -> list[tuple[s
             if not found or stored != value:
                 out.append((f"{COMMAND_LINE} (or the config object): {path}={value!r}", path, value))
     return out
+
+
+def check_command_line(cfg: DictConfig) -> list[str]:
+    """Nothing set on the command line is silently ignored: a ``model_overrides`` / ``task_overrides`` entry naming
+    no registered model or task (a misspelling) is refused with a ValueError; one naming a model or task this suite
+    does not run is returned as a warning (the caller logs it)."""
+    import models  # noqa: F401  (registers the layers)
+    import tasks  # noqa: F401  (registers the tasks)
+    from models.registry import list_layers
+    from tasks.registry import list_tasks
+
+    warnings = []
+    for key, text in _cli_keys(cfg):
+        head, *rest = key.split(".")
+        if head not in ("model_overrides", "task_overrides"):
+            continue
+        names = list(rest[:1]) if rest else list((_select(cfg, key) or {}).keys())
+        if head == "model_overrides":
+            registered, in_suite, kind = list_layers(), list(cfg.models), "models"
+        else:
+            registered, in_suite, kind = list_tasks(), list(cfg.tasks), "tasks"
+        for name in names:
+            if name not in registered:
+                raise ValueError(f"command line {text!r} sets {head}.{name}, but there is no such {kind[:-1]}; "
+                                 f"known: {', '.join(registered)}")
+            if name not in in_suite:
+                warnings.append(f"command line {text!r} reaches no run: {name!r} is not among this suite's {kind} "
+                                f"({', '.join(in_suite)})")
+    return warnings
 
 
 def _accepts_heads(model: str) -> bool:

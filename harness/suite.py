@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import models  # noqa: F401  (registers the layers)
 import tasks  # noqa: F401  (registers the tasks)
 from harness.checkpoint import Checkpointer, RunLock
-from harness.config import Run, resolve_run, resolve_run_config
+from harness.config import check_command_line, resolve_run, resolve_run_config
 from harness.distributed import barrier, broadcast, init_from_env, is_main, local_device, rank_world, shutdown
 from harness.efficiency import EfficiencyConfig, run_efficiency
 from harness.env import device_name, git_commit, resolve_device
@@ -150,6 +150,8 @@ def plan_runs(cfg: DictConfig) -> list[dict[str, Any]]:
     """Every (task, model, seed) of the suite as it would run: ``Run.as_json_dict()`` (task, model, seed, the resolved
     config and each value's source), or ``{task, model, seed, error}`` for a run whose config cannot be resolved.
     Reads config files only: no data, no model, no results folder (``dry_run=true``)."""
+    for warning in check_command_line(cfg):
+        log.warning(warning)
     plans = []
     for task, model, seed in ((t, m, int(s)) for t in cfg.tasks for m in cfg.models for s in cfg.seeds):
         try:
@@ -171,6 +173,8 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
             if name not in known:  # said at once, not only after hours of other runs
                 log.error("unknown %s %r; known: %s. Its runs will be recorded as errors.", group, name, ", ".join(known))
     eff_cfg, eff_models = efficiency_settings(cfg)  # a misspelt efficiency key fails before hours of training
+    for warning in check_command_line(cfg):  # and so does a misspelt name in a command-line override
+        log.warning(warning)
     distributed = init_from_env(str(cfg.device))
     if not is_main():
         logging.getLogger().setLevel(logging.WARNING)

@@ -158,3 +158,29 @@ def test_records_keep_the_sources(tmp_path):
     assert sources["train.max_steps"] == "command line: train.max_steps=2"
     assert sources["model.backbone.d_model"] == "command line: ++model_overrides.lstm.backbone.d_model=8"
     assert json.loads(stored.config)["model"]["backbone"]["d_model"] == 8
+
+
+def test_a_command_line_override_that_reaches_no_run_is_refused_or_said():
+    from harness.config import check_command_line
+
+    assert check_command_line(compose_config(["suite=lra", "+model_overrides.s4.hparams.d_state=8"])) == []
+    for override, name in [("+model_overrides.s44.hparams.d_state=8", "s44"),
+                           ("+task_overrides.listop.batch_size=8", "listop")]:
+        with pytest.raises(ValueError, match=f"sets [a-z_]+.{name}, but there is no such"):
+            check_command_line(compose_config(["suite=lra", override]))
+    said = check_command_line(compose_config(["models=[s4]", "++model_overrides.transformer.backbone.d_model=8"]))
+    assert len(said) == 1 and "reaches no run: 'transformer' is not among this suite's models (s4)" in said[0]
+    proc = subprocess.run([sys.executable, "run_suite.py", "suite=lra", "dry_run=true",
+                           "+model_overrides.s44.hparams.d_state=8"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "error: command line '+model_overrides.s44.hparams.d_state=8' sets model_overrides.s44" in proc.stderr
+
+
+def test_a_value_deleted_on_the_command_line_is_withdrawn():
+    cfg = compose_config(["~task_overrides.listops.variant", "~train.time_budget_s"])
+    run = resolve_run(cfg, "listops", "lstm")
+    assert run.config["task"]["options"]["variant"] == "auto"      # the task file's, not the quick suite's small
+    assert run.sources["task.options.variant"] == "configs/task/listops.yaml: options"
+    assert "time_budget_s" not in run.config["train"] or run.config["train"]["time_budget_s"] is None
+    assert run.config["task"]["options"]["l_max"] == 256           # the suite's other values stay
