@@ -28,6 +28,8 @@ source it cites, copied into the record's task info); ``Run.sources`` maps every
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -78,11 +80,17 @@ def config_exists(path: str) -> bool:
 
 def read_config(path: str) -> dict[str, Any]:
     """The content of ``configs/<path>.yaml`` (e.g. ``model/s4``, ``recipes/lra/s4``, ``suite/quick``) as plain
-    containers, interpolations resolved; the file's package nesting (``model:``, ``recipes: lra:``) removed."""
-    from hydra import compose
-
+    containers, interpolations resolved; the file's package nesting (``model:``, ``recipes: lra:``) removed. Each
+    file is composed once per process (and per modification time); callers get their own copy."""
     if not config_exists(path):
         raise FileNotFoundError(f"no configs/{path}.yaml")
+    return copy.deepcopy(_read_config((CONFIGS / f"{path}.yaml").stat().st_mtime_ns, path))
+
+
+@functools.lru_cache(maxsize=None)
+def _read_config(mtime_ns: int, path: str) -> dict[str, Any]:
+    from hydra import compose
+
     with _hydra_context():
         cfg = compose(config_name=path)
     node = OmegaConf.to_container(cfg, resolve=True)

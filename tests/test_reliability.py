@@ -117,7 +117,7 @@ def test_misspelt_option_of_one_model(case, faulty, override, status, healthy):
 
 def test_unknown_recipe_fails_each_run_and_the_suite_still_ends(case):
     got = case.run("models=[lstm]", "recipe=lrx")
-    assert got["lstm"].status == "error: KeyError: unknown recipe 'lrx'; known: lra"
+    assert got["lstm"].status == "error: KeyError: unknown recipe 'lrx'; known: lra, s5"
 
 
 def test_misspelt_efficiency_key_is_refused_before_the_runs(case):
