@@ -71,11 +71,13 @@ def test_hippo_n_init_is_its_eigendecomposition(d_state, blocks):
                                atol=1e-11 * d_state ** 2, rtol=0)
 
 
-def _s5_reference(layer, u):
-    """S5 from the paper's equations, float64 loop: x_k = Λ̄ x_{k-1} + B̄ u_k, y_k = 2 Re(C̃ x_k) + D u_k."""
-    lam = torch.complex(layer.Lambda_re, layer.Lambda_im).to(torch.complex128)
-    dt, b = torch.exp(layer.log_dt.double()), torch.view_as_complex(layer.B).to(torch.complex128)
-    c = torch.view_as_complex(layer.C).to(torch.complex128)
+def _s5_reference(layer, u, lam_re=None):
+    """S5 from the paper's equations, float64 loop: x_k = Λ̄ x_{k-1} + B̄ u_k, y_k = 2 Re(C̃ x_k) + D u_k; with
+    ``lam_re`` in place of the layer's Re Λ (the clip_eigs tests)."""
+    lam_re = layer.Lambda_re if lam_re is None else lam_re
+    lam = torch.complex(lam_re.detach().double(), layer.Lambda_im.detach().double())
+    dt, b = torch.exp(layer.log_dt.detach().double()), torch.view_as_complex(layer.B.detach()).to(torch.complex128)
+    c = torch.view_as_complex(layer.C.detach()).to(torch.complex128)
     if layer.discretization == "zoh":                    # eq. 6
         abar = torch.exp(lam * dt)
         bbar = ((abar - 1) / lam)[:, None] * b

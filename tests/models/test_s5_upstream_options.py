@@ -70,24 +70,10 @@ def test_complex_normal_is_the_raw_draw_without_v(bidirectional):
 
 # -- clip_eigs -----------------------------------------------------------------------------------------------
 def _reference(layer, u, lam_re):
-    """float64 S5 recurrence with the given Re Λ: x_k = Λ̄ x_{k-1} + B̄ u_k, y_k = 2 Re(C̃ x_k) + D u_k."""
-    lam = torch.complex(lam_re.double(), layer.Lambda_im.double())
-    dt, b = torch.exp(layer.log_dt.double()), torch.view_as_complex(layer.B.detach()).to(torch.complex128)
-    c = torch.view_as_complex(layer.C.detach()).to(torch.complex128)
-    if layer.discretization == "zoh":
-        abar = torch.exp(lam * dt)
-        bbar = ((abar - 1) / lam)[:, None] * b
-    else:
-        abar = (1 + dt / 2 * lam) / (1 - dt / 2 * lam)
-        bbar = (dt / (1 - dt / 2 * lam))[:, None] * b
-    u = u.double()
-    y = u * layer.D.double()
-    for direction in range(c.shape[0]):
-        x = torch.zeros(u.shape[0], lam.shape[0], dtype=torch.complex128)
-        for t in (range(u.shape[1] - 1, -1, -1) if direction else range(u.shape[1])):
-            x = abar * x + u[:, t].to(x.dtype) @ bbar.T
-            y[:, t] += 2 * (x @ c[direction].T).real
-    return y.detach()
+    """float64 S5 recurrence with the given Re Λ (tests/models/test_s5_lru.py's reference)."""
+    from test_s5_lru import _s5_reference  # its folder is on sys.path (pytest's default import mode)
+
+    return _s5_reference(layer, u, lam_re).detach()
 
 
 # Re Λ per stored state (P/2 = 8): clipped where > -1e-4 (positive, just above the bound), kept elsewhere
