@@ -43,7 +43,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 COMMAND_LINE = "command line"
 RECIPE_KEYS = ("base", "all_tasks", "per_task", "comparison")
 MODEL_FILE_KEYS = ("name", "hparams", "backbone", "train", "task", "per_task", "causal")
-BLOCK_KEYS = ("hparams", "backbone", "train", "task", "comparison", "name")
+MODEL_KEYS = ("name", "hparams", "backbone", "comparison")  # what a resolved model block may hold
 
 
 @dataclass(frozen=True)
@@ -461,6 +461,12 @@ def resolve_run(cfg: DictConfig, task: str, model: str, seed: int = 0, *, causal
     config.setdefault("deviations", [])
     config["data_dir"] = str(Path(str(cfg.data_dir)).expanduser())
     sources["data_dir"] = top_source["data_dir"]
+    stray = sorted(set(config["model"]) - set(MODEL_KEYS))
+    if stray:  # e.g. +model_overrides.lstm.trian.lr: a block no builder reads would be silently ignored
+        where = "; ".join(f"{k!r} from {sorted({v for p, v in sources.items() if p.split('.')[:2] == ['model', k]})[0]}"
+                          for k in stray)
+        raise TypeError(f"unknown model setting(s) {', '.join(map(repr, stray))}; a model block has "
+                        f"{', '.join(MODEL_KEYS)} (and task, train) ({where})")
     bad = sorted(set(config["train"]) - {f.name for f in fields(TrainConfig)})
     if bad:
         where = "; ".join(f"{b!r} from {sources.get('train.' + b, '?')}" for b in bad)

@@ -184,3 +184,10 @@ def test_a_value_deleted_on_the_command_line_is_withdrawn():
     assert run.sources["task.options.variant"] == "configs/task/listops.yaml: options"
     assert "time_budget_s" not in run.config["train"] or run.config["train"]["time_budget_s"] is None
     assert run.config["task"]["options"]["l_max"] == 256           # the suite's other values stay
+
+
+def test_a_misspelt_block_in_a_model_override_is_refused_with_its_source():
+    cfg = compose_config(["suite=lra", "+model_overrides.lstm.trian.lr=0.1"])
+    with pytest.raises(TypeError, match=r"unknown model setting\(s\) 'trian'; a model block has name, hparams, "
+                                        r"backbone, comparison .*command line: \+model_overrides.lstm.trian.lr=0.1"):
+        resolve_run(cfg, "listops", "lstm")
