@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from harness.config import suite_lists  # noqa: E402
 from harness.suite import plan_runs, run_suite  # noqa: E402
 from harness.tables import format_table_markdown  # noqa: E402
 from harness.records import load_records  # noqa: E402
@@ -44,7 +45,8 @@ def main(cfg: DictConfig) -> None:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     print()
-    print(format_table_markdown(load_records(cfg.results_dir), tasks=list(cfg.tasks), models=list(cfg.models)))
+    tasks, models, _ = suite_lists(cfg)
+    print(format_table_markdown(load_records(cfg.results_dir), tasks=tasks, models=models))
     print()
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONFIGS", "Run", "check_command_line", "read_config", "config_exists", "command_line", "recipe_layers", "resolve_run",
+__all__ = ["CONFIGS", "Run", "check_command_line", "suite_lists", "read_config", "config_exists", "command_line", "recipe_layers", "resolve_run",
            "resolve_run_config", "task_options", "efficiency_layer", "compose_config"]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -361,6 +361,37 @@ def _command_line_values(cfg: DictConfig, files: dict[str, Any]) -> list[tuple[s
     return out
 
 
+def suite_lists(cfg: DictConfig) -> tuple[list[str], list[str], list[int]]:
+    """The suite's ``tasks``, ``models`` and ``seeds`` as lists: a bare name (``models=lstm``) is a one-element list
+    (not one model per character), a repeated entry is dropped (logged once), seeds must be integers."""
+    import logging
+
+    out: list[list] = []
+    for key in ("tasks", "models", "seeds"):
+        value = cfg.get(key)
+        if value is None:
+            value = []
+        elif isinstance(value, (str, int)):
+            value = [value]
+        else:
+            value = list(value)
+        if key == "seeds":
+            try:
+                value = [int(v) for v in value if not isinstance(v, bool)] if all(
+                    isinstance(v, int) or str(v).lstrip("-").isdigit() for v in value) else None
+            except (TypeError, ValueError):
+                value = None
+            if value is None:
+                raise ValueError(f"seeds must be integers, e.g. 'seeds=[0,1,2]'; got {cfg.get(key)!r}")
+        else:
+            value = [str(v) for v in value]
+        repeated = sorted({str(v) for v in value if value.count(v) > 1})
+        if repeated:
+            logging.getLogger(__name__).warning("%s: %s repeated; each runs once", key, ", ".join(repeated))
+        out.append(list(dict.fromkeys(value)))
+    return out[0], out[1], out[2]
+
+
 def check_command_line(cfg: DictConfig) -> list[str]:
     """Nothing set on the command line is silently ignored: a ``model_overrides`` / ``task_overrides`` entry naming
     no registered model or task (a misspelling) is refused with a ValueError; one naming a model or task this suite
@@ -377,9 +408,9 @@ def check_command_line(cfg: DictConfig) -> list[str]:
             continue
         names = list(rest[:1]) if rest else list((_select(cfg, key) or {}).keys())
         if head == "model_overrides":
-            registered, in_suite, kind = list_layers(), list(cfg.models), "models"
+            registered, in_suite, kind = list_layers(), suite_lists(cfg)[1], "models"
         else:
-            registered, in_suite, kind = list_tasks(), list(cfg.tasks), "tasks"
+            registered, in_suite, kind = list_tasks(), suite_lists(cfg)[0], "tasks"
         for name in names:
             if name not in registered:
                 raise ValueError(f"command line {text!r} sets {head}.{name}, but there is no such {kind[:-1]}; "

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import models  # noqa: F401  (registers the layers)
 import tasks  # noqa: F401  (registers the tasks)
 from harness.checkpoint import Checkpointer, RunLock
-from harness.config import check_command_line, resolve_run, resolve_run_config
+from harness.config import check_command_line, resolve_run, resolve_run_config, suite_lists
 from harness.distributed import barrier, broadcast, init_from_env, is_main, local_device, rank_world, shutdown
 from harness.efficiency import EfficiencyConfig, run_efficiency
 from harness.env import device_name, git_commit, resolve_device
@@ -153,7 +153,8 @@ def plan_runs(cfg: DictConfig) -> list[dict[str, Any]]:
     for warning in check_command_line(cfg):
         log.warning(warning)
     plans = []
-    for task, model, seed in ((t, m, int(s)) for t in cfg.tasks for m in cfg.models for s in cfg.seeds):
+    tasks_, models_, seeds_ = suite_lists(cfg)
+    for task, model, seed in ((t, m, s) for t in tasks_ for m in models_ for s in seeds_):
         try:
             plans.append(resolve_run(cfg, task, model, seed).as_json_dict())
         except Exception as exc:  # noqa: BLE001 - said in the plan, as the run's record would say it
@@ -166,9 +167,10 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     """Run every (task, model, seed) of the suite, storing each record as soon as it exists; then write the tables,
     run the suite's efficiency sweep if it has one, and write its REPORT.md (tables, plots) from the stored records."""
     results_dir = Path(cfg.results_dir)
-    combos = [(t, m, int(s)) for t in cfg.tasks for m in cfg.models for s in cfg.seeds]
+    tasks_, models_, seeds_ = suite_lists(cfg)  # bare names as lists, repeats dropped, integer seeds
+    combos = [(t, m, s) for t in tasks_ for m in models_ for s in seeds_]
     log.info("suite %s: %d runs -> %s", cfg.suite_name, len(combos), results_dir)
-    for group, names, known in (("task", cfg.tasks, list_tasks()), ("model", cfg.models, list_layers())):
+    for group, names, known in (("task", tasks_, list_tasks()), ("model", models_, list_layers())):
         for name in names:
             if name not in known:  # said at once, not only after hours of other runs
                 log.error("unknown %s %r; known: %s. Its runs will be recorded as errors.", group, name, ", ".join(known))
@@ -232,7 +234,7 @@ def efficiency_settings(cfg: DictConfig) -> tuple[EfficiencyConfig | None, list[
         raise TypeError(f"unknown efficiency option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")
     block.setdefault("device", str(cfg.device))
     eff = EfficiencyConfig(**block)
-    models = list(eff.models or cfg.models)
+    models = list(eff.models or suite_lists(cfg)[1])
     unknown = sorted(set(models) - set(list_layers()))
     if unknown:
         raise KeyError(f"efficiency: unknown model(s) {', '.join(unknown)}; known: {', '.join(list_layers())}")

@@ -1,0 +1,35 @@
+"""The second reliability round (odd command lines): each case through run_suite.py, with its message."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dry(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run_suite.py", "dry_run=true", *overrides], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("overrides, runs, said", [
+    (["models=lstm"], [("listops", "lstm"), ("first_token", "lstm")], None),          # a bare name: one model
+    (["models=[lstm,lstm]", "tasks=[listops,listops]"], [("listops", "lstm")], "models: lstm repeated"),
+])
+def test_bare_and_repeated_names_plan_each_run_once(overrides, runs, said):
+    proc = _dry(*overrides)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [(p["task"], p["model"]) for p in map(json.loads, proc.stdout.splitlines())] == runs
+    if said:
+        assert said in proc.stderr
+
+
+@pytest.mark.parametrize("seeds", ["seeds=[a]", "seeds=[0.5]"])
+def test_non_integer_seeds_are_one_clear_line(seeds):
+    proc = _dry(seeds)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "error: seeds must be integers, e.g. 'seeds=[0,1,2]'" in proc.stderr and "Traceback" not in proc.stderr
