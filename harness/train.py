@@ -73,21 +73,31 @@ def _autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+class NonFiniteOutputs(FloatingPointError):
+    """The model gave non-finite logits on an evaluation split: no accuracy can be taken from them (an argmax over
+    NaNs is class 0, a plausible wrong number)."""
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device, max_batches: int | None = None,
-             precision: str = "fp32") -> float:
-    """Accuracy in [0, 1] over (up to ``max_batches`` of) a loader; summed over ranks under torchrun."""
+             precision: str = "fp32", split: str = "evaluation") -> float:
+    """Accuracy in [0, 1] over (up to ``max_batches`` of) a loader; summed over ranks under torchrun. Raises
+    NonFiniteOutputs when any example's logits are not all finite (every rank raises: the count is summed)."""
     model.eval()
-    correct = total = 0
+    correct = total = bad = 0
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         batch = _to(batch, device)
         with _autocast(device, precision):
-            correct += (_logits(model, batch).argmax(-1) == batch["labels"]).sum().item()
+            logits = _logits(model, batch)
+        bad += int((~torch.isfinite(logits)).any(-1).sum().item())
+        correct += (logits.argmax(-1) == batch["labels"]).sum().item()
         total += batch["labels"].numel()
     model.train()
-    correct, total = all_sum([correct, total], device)
+    correct, total, bad = all_sum([correct, total, bad], device)
+    if bad:
+        raise NonFiniteOutputs(f"non-finite outputs in {split}: {int(bad)} of {int(total)} examples")
     return correct / max(total, 1)
 
 
@@ -123,7 +133,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
         checkpointer: where to save (and first try to resume from) the training state; None: no checkpoints.
 
     Returns:
-        A RunRecord with status ``ok`` or ``diverged`` (other failures propagate to the caller, which records them).
+        A RunRecord with status ``ok``, ``diverged`` (non-finite training loss or validation outputs) or
+        ``error: non-finite outputs in test: ...`` (never an accuracy taken from NaN logits); other failures
+        propagate to the caller, which records them.
 
     Raises:
         CheckpointMismatch: the checkpoint to resume from belongs to another config or does not fit the model.
@@ -190,7 +202,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
 
     def validate() -> None:
         nonlocal best_val, best_state
-        acc = evaluate(model, val_loader, device, cfg.eval_max_batches, cfg.precision)
+        acc = evaluate(model, val_loader, device, cfg.eval_max_batches, cfg.precision, split="validation")
         if acc > best_val:
             best_val, best_state = acc, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{loss_val:.3f}", val_acc=f"{acc:.3f}", best=f"{best_val:.3f}")
@@ -242,7 +254,11 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
                 over_budget, due = broadcast((over_budget, due))  # rank 0's clock decides for all
                 end_of_epoch = b + 1 == batches.n_batches
                 if end_of_epoch or step == n_steps or over_budget:
-                    validate()
+                    try:
+                        validate()
+                    except NonFiniteOutputs:  # the model's outputs blew up: a diverged run, not an accuracy
+                        status, stop = "diverged", True
+                        break
                 stop = over_budget or step >= n_steps
                 if checkpointer is not None and not stop and (end_of_epoch or due):
                     save(max(peak_before, mem.peak_mib_so_far))
@@ -253,7 +269,10 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
     test_acc = None
     if best_state is not None:
         model.load_state_dict(best_state)
-        test_acc = evaluate(model, eval_loader(task.test), device, precision=cfg.precision)
+        try:
+            test_acc = evaluate(model, eval_loader(task.test), device, precision=cfg.precision, split="test")
+        except NonFiniteOutputs as exc:  # finite on validation, not on test (e.g. bad inputs): say so, no number
+            status = f"error: {exc}" if status == "ok" else status
     samples_per_s, tokens_per_s = timer.rates()
     return RunRecord(
         task=task.spec.name, model=model_name or getattr(model, "layer_name", type(model).__name__), seed=cfg.seed,

@@ -96,3 +96,43 @@ def test_mixed_precision_training_runs_and_learns(shallow_listops, layer, precis
 def test_unknown_precision_is_named():
     with pytest.raises(ValueError, match="unknown precision 'fp8'; known: fp32, bf16, fp16"):
         TrainConfig(precision="fp8")
+
+
+class _NaNWhenEvaluating(nn.Module):
+    """Finite logits while training; NaN ones in eval mode on the splits named in ``nan_on``."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.nan_on = inner, set()
+
+    def forward(self, inputs, lengths):
+        out = self.inner(inputs, lengths)
+        return out * float("nan") if not self.training and "now" in self.nan_on else out
+
+
+def test_non_finite_evaluation_outputs_are_never_an_accuracy(shallow_listops):
+    """An argmax over NaN logits is class 0, a plausible number: validation NaNs make the run diverged, test
+    NaNs an error naming the split; no accuracy either way."""
+    import harness.train as train
+
+    torch.manual_seed(0)
+    model = _NaNWhenEvaluating(build_model("lstm", shallow_listops.spec, {"d_model": 16, "n_layers": 1}))
+    model.nan_on.add("now")
+    rec = fit(model, shallow_listops, TrainConfig(max_steps=3, progress=False), model_name="lstm")
+    assert rec.status == "diverged" and rec.test_acc is None and rec.best_val_acc is None
+
+    model.nan_on.clear()
+    real = train.evaluate
+
+    def nan_on_test(m, loader, device, max_batches=None, precision="fp32", split="evaluation"):
+        if split == "test":
+            m.nan_on.add("now")
+        return real(m, loader, device, max_batches, precision, split)
+
+    train.evaluate = nan_on_test  # the model itself turns NaN only for the test split
+    try:
+        rec = fit(model, shallow_listops, TrainConfig(max_steps=3, progress=False), model_name="lstm")
+    finally:
+        train.evaluate = real
+    assert rec.status.startswith("error: non-finite outputs in test: ") and rec.test_acc is None
+    assert rec.best_val_acc is not None
