@@ -1,7 +1,8 @@
 """LRA-style accuracy tables regenerated from stored run records (no model code is imported).
 
 Conventions, in one place:
-- Re-runs: for each (task, model, seed) only the record with the latest ``timestamp`` counts.
+- Re-runs: for each (task, model, seed) the latest finished record (``ok`` or ``diverged``) counts, else the latest of
+  any status: a later failed attempt never hides a result; cells whose records span several configs are noted.
 - Our cells: mean ± sample standard deviation (``ddof=1``) of test accuracy in percent over the seeds
   whose status is "ok"; with one seed the ± part is left out. ``(n)`` after a cell is its seed count,
   ``(k/n)`` when only k of n seeds finished ok. A cell with no ok seed shows the failure kind(s)
@@ -48,14 +49,30 @@ _NOTE_NC = ("†, n/c: these runs did not use the published benchmark's configur
 _NOTE_FAIL = f"fail: the paper reports no better than chance; counted as {FAIL_AS_PCT:g} in the published average."
 
 
+FINISHED = ("ok", "diverged")  # final outcomes (as the suite's resume logic counts them)
+
+
 def latest_runs(records: pd.DataFrame) -> pd.DataFrame:
-    """Keep one record per (task, model, seed): the one with the latest timestamp (file order breaks ties)."""
+    """Keep one record per (task, model, seed): the latest finished one (``ok`` or ``diverged``), else the latest of
+    any status (timestamps order them, file order breaks ties). A later failed attempt (an error, an OOM, a run that
+    could not start) never hides a result. The column ``n_configs`` says how many config hashes the cell's records
+    span (a table notes cells with more than one)."""
     if records.empty:
-        return records.copy()
+        out = records.copy()
+        out["n_configs"] = pd.Series(dtype="int64")
+        return out
     ts = pd.to_datetime(records["timestamp"], utc=True, errors="coerce", format="ISO8601")
     order = ts.reset_index(drop=True).sort_values(kind="mergesort", na_position="first").index
     df = records.reset_index(drop=True).iloc[order]
-    return df.drop_duplicates(["task", "model", "seed"], keep="last").sort_index().reset_index(drop=True)
+    keys = ["task", "model", "seed"]
+    hashes = df.assign(_h=df["config_hash"].fillna("").astype(str)).groupby(keys, dropna=False)["_h"].nunique()
+    finished = df["status"].isin(FINISHED)
+    latest_any = df.drop_duplicates(keys, keep="last")
+    latest_done = df[finished].drop_duplicates(keys, keep="last")
+    chosen = pd.concat([latest_done, latest_any]).drop_duplicates(keys, keep="first")
+    chosen = chosen.sort_index().reset_index(drop=True)
+    chosen["n_configs"] = [int(hashes.get((t, m, sd), 1)) for t, m, sd in zip(chosen.task, chosen.model, chosen.seed)]
+    return chosen
 
 
 def _status_kind(status: str) -> str:
@@ -224,15 +241,21 @@ def format_table_markdown(records: pd.DataFrame, tasks: list[str] | None = None,
         "",
         f"Hardware: {', '.join(_unique(runs, 'device_name')) or 'unknown'}  ",
         f"Git commit(s): {', '.join(_unique(runs, 'git_commit')) or 'unknown'}  ",
-        f"Runs: {len(runs)} (latest per task, model, seed; {len(records)} records stored)",
+        f"Runs: {len(runs)} (latest finished per task, model, seed; {len(records)} records stored)",
         "",
         tabulate(table.rename(columns={t: TASK_TITLES.get(t, t) + ("†" if t in table.attrs["non_benchmark"] else "")
                                        for t in table.columns}).reset_index(), headers="keys", tablefmt="github",
                  showindex=False, disable_numparse=True),
         "",
     ]
-    if table.attrs["footnotes"]:
-        lines += [f"- {n}" for n in table.attrs["footnotes"]] + [""]
+    notes = list(table.attrs["footnotes"])
+    mixed = runs[runs["n_configs"] > 1]
+    if len(mixed):
+        cells = ", ".join(f"{r.task}/{r.model}/seed {r.seed}" for r in mixed.itertuples())
+        notes.append(f"records of several configurations exist for {cells}: each cell shows its latest finished "
+                     "record (its config_hash is in accuracy.csv's records); the others are kept, not averaged in.")
+    if notes:
+        lines += [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
 
 

@@ -208,6 +208,18 @@ def test_cuda_asked_for_on_a_machine_without_one(case):
                                   "(torch.cuda.is_available() is False)")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_failed_rerun_does_not_hide_the_finished_result_in_the_table(case):
+    """The earlier ok run of listops/lstm/seed 0, then the same cell asked for on a GPU this machine lacks: the new
+    record says error, the table still shows the finished result and notes the cell's two configurations."""
+    got = case.run("models=[lstm]", "seeds=[0]", "device=cuda")
+    assert got["lstm"].status.startswith("error: RuntimeError: device=cuda was requested")
+    md = (case.results / "accuracy.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| lstm"))
+    assert "error" not in row and "(1)" in row, row
+    assert "records of several configurations exist for listops/lstm/seed 0" in md
+
+
 # ---- checkpoints and locks ----
 
 def test_full_disk_while_writing_a_checkpoint(case, monkeypatch, caplog):

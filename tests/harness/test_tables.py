@@ -188,3 +188,22 @@ def test_non_benchmark_runs_get_no_published_numbers(tmp_path):
     only_small = tmp_path / "small"
     write_record(replace(_rec("listops", "transformer", 0, 0.30), task_info='{"benchmark": false}'), only_small)
     assert not [label for label in accuracy_table(load_records(only_small)).index if "published" in label]
+
+
+def test_a_later_failed_attempt_never_hides_a_finished_result(tmp_path):
+    """An ok record, then an error record of another config for the same cell (e.g. device=cuda on a CPU machine):
+    the table shows the ok result and notes that the cell's records span two configurations."""
+    ok = RunRecord(task="listops", model="lstm", seed=0, status="ok", test_acc=0.4, best_val_acc=0.4,
+                   chance_acc=0.1, config_hash="aaaa", timestamp="2026-01-01T00:00:00+0000")
+    failed = RunRecord(task="listops", model="lstm", seed=0, status="error: RuntimeError: no CUDA GPU",
+                       chance_acc=0.1, config_hash="bbbb", timestamp="2026-01-02T00:00:00+0000")
+    for rec in (ok, failed):
+        write_record(rec, tmp_path)
+    runs = latest_runs(load_records(tmp_path))
+    assert runs.status.tolist() == ["ok"] and runs.n_configs.tolist() == [2]
+    md = format_table_markdown(load_records(tmp_path))
+    assert "40.00 (1)" in md and "error" not in _md_table(md)[1][1]
+    assert "records of several configurations exist for listops/lstm/seed 0" in md
+    only_failed = tmp_path / "other"
+    write_record(failed, only_failed)
+    assert latest_runs(load_records(only_failed)).status.tolist() == [failed.status]  # nothing finished: said
