@@ -116,21 +116,30 @@ def write_row(rec: Any, out_dir: Path, stem: str) -> Path:
 
 
 def load_rows(folder: Path, record_type: type) -> pd.DataFrame:
-    """Every Parquet row file in ``folder`` as one DataFrame (columns = ``record_type``'s fields); a file that cannot
-    be read is skipped with a warning naming it."""
+    """Every Parquet row file in ``folder`` as one DataFrame (columns = ``record_type``'s fields). A file that cannot
+    be read, or that lacks a required field (one without a default: task, model, seed, status ...), is skipped with a
+    warning naming it; an optional field a file lacks (a record written before the field existed) takes the
+    field's default."""
+    fields = dataclasses.fields(record_type)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     frames = []
     for path in sorted(folder.glob("*.parquet")):
         try:
-            frames.append(pq.read_table(path).to_pandas())
+            frame = pq.read_table(path).to_pandas()
         except (OSError, pa.ArrowException) as exc:
             warnings.warn(f"skipping unreadable record {path}: {exc}", stacklevel=2)
+            continue
+        missing = [name for name in required if name not in frame.columns or frame[name].isna().any()]
+        if missing:
+            warnings.warn(f"skipping incomplete record {path}: no value for {', '.join(missing)}", stacklevel=2)
+            continue
+        for f in fields:
+            if f.name not in frame.columns:
+                frame[f.name] = f.default if f.default is not dataclasses.MISSING else None
+        frames.append(frame[[f.name for f in fields]])
     if not frames:
-        return pd.DataFrame(columns=[f.name for f in dataclasses.fields(record_type)])
-    df = pd.concat(frames, ignore_index=True)
-    for f in dataclasses.fields(record_type):  # records written before a field existed hold no value for it
-        if f.name not in df.columns:
-            df[f.name] = None
-    return df
+        return pd.DataFrame(columns=[f.name for f in fields])
+    return pd.concat(frames, ignore_index=True)
 
 
 def config_hash(config: Any) -> str:

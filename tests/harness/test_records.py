@@ -1,4 +1,5 @@
 """Result records: round trip, and no stored row lost when a writer is killed mid-write."""
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -53,3 +54,31 @@ def test_killed_writer_loses_no_stored_row(tmp_path):
         df = load_records(tmp_path)
     assert len(df) == len(files)
     assert sorted(df.seed) == list(range(len(files)))  # records are stored in order, none missing
+
+
+def test_incomplete_records_are_skipped_and_old_ones_take_defaults(tmp_path):
+    """A record file lacking a required column is skipped with a warning naming it; one lacking an optional column
+    (written before the field existed) takes the field's default; tables are still written."""
+    import warnings as _warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from harness.tables import write_tables
+
+    good = RunRecord(task="listops", model="lstm", seed=0, status="ok", test_acc=0.5, chance_acc=0.1)
+    write_record(good, tmp_path)
+    folder = tmp_path / "records"
+    row = {k: v for k, v in dataclasses.asdict(good).items() if k not in ("task_info", "config_sources")}
+    pq.write_table(pa.Table.from_pylist([{**row, "seed": 1}]), folder / "old__seed1.parquet")      # older record
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in row.items() if k != "status"}]),
+                   folder / "broken.parquet")                                                     # no status
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        df = load_records(tmp_path)
+    assert sorted(df.seed.tolist()) == [0, 1] and df.task_info.tolist() == ["", ""]
+    assert any("skipping incomplete record" in str(w.message) and "broken.parquet" in str(w.message)
+               and "status" in str(w.message) for w in caught)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        assert (write_tables(tmp_path)["accuracy_md"]).exists()
