@@ -72,7 +72,7 @@ def test_concurrent_jobs_leave_whole_tables_report_and_figures(tmp_path: Path):
     n = WRITERS * ROUNDS
     acc = pd.read_csv(tmp_path / "accuracy.csv")
     assert acc.n_runs.tolist() == [n] and acc.n_seeds.tolist() == [n]   # the last tables hold every record
-    assert f"Runs: {n} (latest per task, model, seed; {n} records stored)" in (tmp_path / "accuracy.md").read_text()
+    assert f"Runs: {n} (latest finished per task, model, seed; {n} records stored)" in (tmp_path / "accuracy.md").read_text()
     assert f"({n} records; hardware" in (tmp_path / "REPORT.md").read_text()
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]   # no temporaries left
     assert reads > 0
