@@ -17,7 +17,11 @@ re-derived it (coordinates (row, col), pixel centres at integers; θ measured wi
   * target pair: the first seed takes θ uniform over whole degrees, then its tail uniform among the pixels
     where the margin mask's core (values exactly 1) of a paddle anchored one pixel down-right stays off the
     border and the ``2 seed_distance`` frame (no such pixel: the pair fails); head = ceil(tail + L u),
-    pivot = ceil(head - (L + m) u); out-of-image head or pivot: new θ and tail, 3 tries. The second seed lies
+    pivot = ceil(head - (L + m) u); out-of-image head or pivot: new θ and tail, 3 tries. Quirk kept: where
+    the kernel misses the image entirely from some pixel, cv2.dilate leaves -DBL_MAX there and snakes'
+    ``find_available_coordinates`` then reports no free pixel at all (s:88-90), so only the orientations
+    whose kernel reaches the image from every pixel can seed (30 of 360 at 32 px; for distractors too).
+    The second seed lies
     ``round(tail1 + seed_distance (sin φ, cos φ))`` (φ whole degrees), only its head and pivot are checked.
     Then ``contour_length - 1`` steps grow the two contours alternately, one paddle each, on one shared mask;
     any failure restarts the pair from scratch (no limit). Afterwards only the second contour's last paddle
@@ -45,6 +49,11 @@ the maximum). A distractor tail is drawn by rejection among uniform pixels (TAIL
 full list of free pixels: both give the uniform choice among free pixels, as the reference. Example i uses
 ``np.random.default_rng([data_seed, i, s])`` alone (s = 0 label/margin/origin, 1 targets, 2 distractors), so
 images do not depend on how they are grouped or on the worker count.
+
+Speed (hard, this project's 2-core Xeon @ 2.50GHz with another job running; generation and rendering):
+Pathfinder-32 ~400 images/s in one process, ~540/s with 2 processes (200,000 in ~6 min); Path-X ~37/s in one
+process, ~52/s with 2 (200,000 in ~65 min). Like the reference, ~300 (32) to ~400 (128) target-pair attempts
+are needed per image, ~92% of them failing at the first seed (the quirk above).
 
 What is not reproduced: the reference's random-number stream (numpy's global RandomState; bitwise equality is
 impossible); tie-level float details (its scalar vs our vectorised sin/cos, summation order of the candidate
@@ -163,6 +172,7 @@ class Example:
     terminal: int                           # target contour whose end carries the other (== origin iff label 1)
     target_paddles: tuple[np.ndarray, ...] = ()
     distractor_paddles: list[np.ndarray] = field(default_factory=list)
+    target_attempts: int = 0                # two_snakes calls this image took (diagnostic)
 
 
 # ---------------------------------------------------------------- scipy.misc / cv2 semantics
@@ -451,7 +461,7 @@ def _grow_targets(p: PathfinderParams, t: _Tables, rngs: list[np.random.Generato
         for i, row in enumerate(rows):
             j = todo[row // A]
             if out[j] is None:
-                out[j] = (rec[i, 0], rec[i, 1], mask[i].copy(), dmask[i].copy())
+                out[j] = (rec[i, 0], rec[i, 1], mask[i].copy(), dmask[i].copy(), spent + row % A + 1)
         todo, spent = [j for j in todo if out[j] is None], spent + A
     return out
 
@@ -562,6 +572,7 @@ def sample_examples(p: PathfinderParams, data_seed: int, indices: list[int] | ra
     origins = [int(r.integers(2)) for r in head]                                      # s2:323
     targets: list = [None] * len(indices)
     distractors: list = [None] * len(indices)
+    attempts = [0] * len(indices)
     for margin in sorted(set(margins)):
         t = _tables(p, margin)
         group = [j for j, m in enumerate(margins) if m == margin]
@@ -571,7 +582,7 @@ def sample_examples(p: PathfinderParams, data_seed: int, indices: list[int] | ra
         found = _grow_distractors(p, t, masks, dmasks, [np.random.default_rng([data_seed, indices[j], 2])
                                                         for j in group])
         for j, x, f in zip(group, grown, found):
-            targets[j], distractors[j] = (x[0], x[1]), f
+            targets[j], distractors[j], attempts[j] = (x[0], x[1]), f, x[4]
     out = []
     for j, (label, margin, origin) in enumerate(zip(labels, margins, origins)):
         t = _tables(p, margin)
@@ -581,7 +592,7 @@ def sample_examples(p: PathfinderParams, data_seed: int, indices: list[int] | ra
         out.append(Example(label=label, margin=margin, targets=tuple(_segments(p, t, c) for c in pair),
                            distractors=[_segments(p, t, c) for c in distractors[j]], markers=markers,
                            origin=origin, terminal=terminal, target_paddles=pair,
-                           distractor_paddles=distractors[j]))
+                           distractor_paddles=distractors[j], target_attempts=attempts[j]))
     return out
 
 
