@@ -10,9 +10,9 @@ Data, by ``source``:
     (resumable: an interrupted run keeps its finished shards), then assembled into images.npy (N, S, S) uint8,
     served memory-mapped, and labels.npy (layout: ``tasks.pathfinder_cache``). The generator (format 4)
     follows snakes2 step for step, labels drawn per image as there. Generating all 200,000 hard images takes
-    ~6 min (Pathfinder-32, ~540/s) and ~65 min (Path-X, ~52/s) with 2 processes on the project's 2-core Xeon
+    ~6 min (Pathfinder-32, ~540/s) and ~65 min (Path-X, ~52/s) with 2 processes on a 2-vCPU AMD EPYC
     (~8 and ~90 min in one process: ~400/s and ~37/s; measured with another job on the machine, not yet in
-    results/pathfinder/, whose generation_*.md are format 3). It is *not* the released data, so
+    results/pathfinder/, whose generation_*.md are format 3 on a Xeon). It is *not* the released data, so
     ``info["benchmark"]`` is False and ``info["generated"]`` True. Learnability was measured on format 3 (a
     72k-parameter CNN reached 96% test accuracy on 20,000 easy images in 4 minutes on that CPU; at hard it stayed
     at chance for the 6 minutes tried; benchmarks/pathfinder_learnability.py -> results/pathfinder/

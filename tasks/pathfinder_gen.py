@@ -50,10 +50,10 @@ full list of free pixels: both give the uniform choice among free pixels, as the
 ``np.random.default_rng([data_seed, i, s])`` alone (s = 0 label/margin/origin, 1 targets, 2 distractors), so
 images do not depend on how they are grouped or on the worker count.
 
-Speed (hard, this project's 2-core Xeon @ 2.50GHz with another job running; generation and rendering):
+Speed (hard, generation and rendering, measured on a 2-vCPU AMD EPYC shared with another job, so rough):
 Pathfinder-32 ~400 images/s in one process, ~540/s with 2 processes (200,000 in ~6 min); Path-X ~37/s in one
-process, ~52/s with 2 (200,000 in ~65 min). Like the reference, ~300 (32) to ~400 (128) target-pair attempts
-are needed per image, ~92% of them failing at the first seed (the quirk above).
+process, ~52/s with 2 (200,000 in ~65 min). As in the reference, an image needs ~300 target-pair attempts on average
+(heavy-tailed, at 32 and 128 px); at 32 px ~92% of them fail at the first seed (the quirk above).
 
 What is not reproduced: the reference's random-number stream (numpy's global RandomState; bitwise equality is
 impossible); tie-level float details (its scalar vs our vectorised sin/cos, summation order of the candidate
