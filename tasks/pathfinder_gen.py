@@ -21,8 +21,8 @@ re-derived it (coordinates (row, col), pixel centres at integers; θ measured wi
     the kernel misses the image entirely from some pixel, cv2.dilate leaves -DBL_MAX there and snakes'
     ``find_available_coordinates`` then reports no free pixel at all (s:88-90), so only the orientations
     whose kernel reaches the image from every pixel can seed (30 of 360 at 32 px; for distractors too).
-    The second seed lies
-    ``round(tail1 + seed_distance (sin φ, cos φ))`` (φ whole degrees), only its head and pivot are checked.
+    The second seed lies ``round(tail1 + seed_distance (sin φ, cos φ))`` (φ whole degrees); only its head
+    and pivot are checked.
     Then ``contour_length - 1`` steps grow the two contours alternately, one paddle each, on one shared mask;
     any failure restarts the pair from scratch (no limit). Afterwards only the second contour's last paddle
     enters the mask (the first's never does);
@@ -57,7 +57,9 @@ process, ~52/s with 2 (200,000 in ~65 min). As in the reference, an image needs 
 
 What is not reproduced: the reference's random-number stream (numpy's global RandomState; bitwise equality is
 impossible); tie-level float details (its scalar vs our vectorised sin/cos, summation order of the candidate
-weights).
+weights). Lanczos is the installed Pillow's (the reference ran a 2019 PIL). Choices where the sources leave
+room: the distractor count follows the contour length (``budget // d``, as LRA's docstrings; the wrapper's
+loop would keep the count of the first split), which matches the reference statistics at hard.
 
 LRA settings, from the docstrings of ``lra_benchmarks/data/pathfinder.py`` (google-research/long-range-arena,
 ``Pathfinder32``, ``Pathfinder128``) over the snakes2 wrapper's defaults (paddle_length 5, max_paddle_retrial 2,
