@@ -4,7 +4,7 @@ Generates (cached, through the task's own cache) ``--n`` Pathfinder-32 images at
 them 80/10/10 as the task does, trains a small CNN (3 stages of two 3x3 convolutions with batch norm, widths
 16/32/64 by default, 2x2 max pooling between stages, global max pooling, a linear head) with AdamW for
 ``--minutes`` of wall time, keeps the best-validation weights and reports train / val / test accuracy.
-Chance is 50% (labels are balanced).
+Chance is about 50% (labels are drawn per image, as in snakes2).
 
     python benchmarks/pathfinder_learnability.py                          # 20,000 hard images, 6 minutes
     python benchmarks/pathfinder_learnability.py --difficulty easy --minutes 4
@@ -118,7 +118,7 @@ def main() -> None:
              f"epoch: {', '.join(f'{v:.3f}' for v in history)}", "",
              "| split | examples | accuracy |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {len(ys[k])} | {acc[k]:.3f} |" for k in ("train", "val", "test")]
-    lines += ["", "Chance is 0.500 (balanced labels)."]
+    lines += ["", "Chance is about 0.500 (labels drawn per image)."]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"learnability_{slug}{'' if args.difficulty == 'hard' else '_' + args.difficulty}.md"
     if path.exists():  # keep earlier runs: newest first

@@ -8,12 +8,15 @@ Data, by ``source``:
   * ``generate`` (default): drawn by ``tasks.pathfinder_gen`` with the LRA generator settings, in chunks of
     2,000 images by ``workers`` processes into Parquet shards under ``<data_dir>/pathfinder/generated/<name>/``
     (resumable: an interrupted run keeps its finished shards), then assembled into images.npy (N, S, S) uint8,
-    served memory-mapped, and labels.npy (layout: ``tasks.pathfinder_cache``). Generating all 200,000 hard
-    images takes ~6 min (Pathfinder-32) and ~27 min (Path-X) with 2 workers on the project's idle 2-core Xeon
-    (~10 and ~40 min in one process; results/pathfinder/). It is *not* the released data, so ``info["benchmark"]`` is False and
-    ``info["generated"]`` True. Learnable: a 72k-parameter CNN reaches 96% test accuracy on 20,000 easy images
-    in 4 minutes on that CPU; at hard it stays at chance for the 6 minutes tried, as Pathfinder-14 is known to
-    need long training (benchmarks/pathfinder_learnability.py -> results/pathfinder/learnability_*.md).
+    served memory-mapped, and labels.npy (layout: ``tasks.pathfinder_cache``). The generator (format 4)
+    follows snakes2 step for step, labels drawn per image as there. Generating all 200,000 hard images takes
+    ~6 min (Pathfinder-32, ~540/s) and ~65 min (Path-X, ~52/s) with 2 processes on a 2-vCPU AMD EPYC
+    (~8 and ~90 min in one process: ~400/s and ~37/s; measured with another job on the machine, not yet in
+    results/pathfinder/, whose generation_*.md are format 3 on a Xeon). It is *not* the released data, so
+    ``info["benchmark"]`` is False and ``info["generated"]`` True. Learnability was measured on format 3 (a
+    72k-parameter CNN reached 96% test accuracy on 20,000 easy images in 4 minutes on that CPU; at hard it stayed
+    at chance for the 6 minutes tried; benchmarks/pathfinder_learnability.py -> results/pathfinder/
+    learnability_*.md) and is to be re-run on format 4.
   * ``release``: the LRA release (``lra_release.gz``), ``pathfinder{S}/<difficulty folder>/`` with
     ``imgs/<k>/sample_<i>.png`` and ``metadata/<k>.npy``; despite the suffix each metadata file is text, one
     line per image, whitespace-separated: field 0 the image sub-folder (``imgs/<k>``), field 1 the file name,

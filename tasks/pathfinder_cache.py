@@ -5,7 +5,7 @@ Layout of a generated set ``<data_dir>/pathfinder/generated/<name>/`` (N images 
   * ``params.json``: the generator settings, N, data seed, chunk size and ``FORMAT_VERSION``; written first.
     A folder whose record differs (other settings, a new format) has its shards and arrays deleted.
   * ``shard-00012.parquet``: examples [12 C, min(13 C, N)) for chunk size C (fixed boundaries by index, so the
-    shards do not depend on the worker count); columns ``index`` int64, ``label`` int8, ``image``
+    shards do not depend on the worker count); columns ``index`` int64, ``label`` int8 (drawn per image), ``image``
     fixed_size_list<uint8>[S^2] (row-major); zstd, with page checksums. Each is written to a ``.tmp-<host>-<pid>``
     file and renamed, so an interrupted run (even ``kill -9``) leaves complete shards and at most stray
     temporary files, which the next run deletes.
@@ -76,13 +76,15 @@ def _make_shard(job: tuple[Path, gen.PathfinderParams, int, int, int, int],
     folder, p, data_seed, k, start, stop = job
     report = report or _progress.put
     images = np.empty((stop - start, p.image_size ** 2), np.uint8)    # (n, S^2)
+    labels = np.empty(stop - start, np.int8)                           # drawn per image, as snakes2 did
     group = GROUP_SIZE.get(p.image_size, 8)
     for first in range(start, stop, group):
         for i, ex in enumerate(gen.sample_examples(p, data_seed, range(first, min(first + group, stop))), first):
             images[i - start] = gen.render(ex, p).reshape(-1)
+            labels[i - start] = ex.label
         report(min(group, stop - first))
     index = np.arange(start, stop, dtype=np.int64)
-    table = pa.table({"index": index, "label": (index % 2).astype(np.int8),
+    table = pa.table({"index": index, "label": labels,
                       "image": pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), p.image_size ** 2)})
     path = folder / shard_name(k)
     tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
@@ -109,8 +111,8 @@ def _shard_ok(path: Path, size: int, start: int, stop: int) -> bool:
         index, label, images = read_shard(path, size)
     except (OSError, ValueError, KeyError, pa.ArrowException):
         return False
-    return len(images) == stop - start and np.array_equal(index, np.arange(start, stop)) and np.array_equal(
-        label, index % 2)
+    return len(images) == stop - start and np.array_equal(index, np.arange(start, stop)) and bool(
+        np.isin(label, (0, 1)).all())
 
 
 def _marker_ok(folder: Path, wanted: dict[str, Any], size: int) -> bool:
@@ -159,17 +161,18 @@ def _assemble(folder: Path, wanted: dict[str, Any], bounds: list[tuple[int, int]
     n = wanted["params"]["n_examples"]
     tmp = folder / f"images.npy.tmp-{socket.gethostname()}-{os.getpid()}"
     images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    labels = np.empty(n, np.uint8)
     shards = []
     for k, (start, stop) in enumerate(bounds):
         path = folder / shard_name(k)
-        images[start:stop] = read_shard(path, size)[2]
+        _, labels[start:stop], images[start:stop] = read_shard(path, size)
         shards.append({"name": path.name, "rows": stop - start, "bytes": path.stat().st_size, "sha256": _sha256(path)})
     images.flush()
     del images
     os.replace(tmp, folder / "images.npy")
     buf = folder / f"labels.npy.tmp-{socket.gethostname()}-{os.getpid()}"
     with open(buf, "wb") as f:
-        np.save(f, (np.arange(n) % 2).astype(np.uint8))
+        np.save(f, labels)
     os.replace(buf, folder / "labels.npy")
     listing = json.dumps(shards, sort_keys=True).encode()
     marker = {"record": wanted, "shards": shards, "sha256": hashlib.sha256(listing).hexdigest(),

@@ -1,54 +1,65 @@
-"""Pathfinder / Path-X image generator, written from the published description of the snakes2 generator.
+"""Pathfinder / Path-X image generator: drewlinsley/pathfinder ``snakes2.py`` (commit ab9c130, the generator LRA
+used) re-implemented step for step with LRA's settings, vectorised over attempts and images.
 
-Definition (Linsley et al., NeurIPS 2018, "Learning long-range spatial dependencies with horizontal gated
-recurrent units"; their generator github.com/drewlinsley/pathfinder ``snakes2.py``, which LRA used): an image
-holds two *target contours* and a few shorter *distractor* contours, each a chain of short straight strokes
-("paddles") separated by small gaps. Two circular markers sit on contour ends: one on the start of a target
-contour (the origin) and one on the far end of the same contour (label 1, connected) or of the other target
-contour (label 0). Growing a contour (L paddle length, m margin, c continuity; pixel (r, c) centred at (r, c)):
+An image holds two *target contours* and up to ``n_distractors`` shorter *distractor contours*, each a chain of
+short straight strokes ("paddles"); a marker disc sits on the start of one target contour and one on the far end
+of the same (label 1) or the other (label 0) target contour. What follows is snakes2's algorithm as we
+re-derived it (coordinates (row, col), pixel centres at integers; θ measured with the row as the sine part):
 
-  * seed paddle: from an integer tail, orientation uniform over whole degrees; its head and the point ``m``
-    behind its tail must lie in the image. The first target seed lies >= 2 ``seed_distance`` from every edge,
-    the second ``seed_distance`` from it in a random whole-degree direction; a distractor seed on the first of
-    ``TAIL_TRIES`` random pixels where it fits, for each of up to ``max_paddle_retrial + 1`` orientations;
-  * each further paddle: the pivot lies about ``m`` beyond the previous head (rounded to a pixel); the new head
-    is one of the pixels the circle of radius ``L + m`` around it passes through, drawn with weight free(head)
-    x ``cos^2(min(c * dtheta, pi / 2))`` (dtheta: the turn from the previous paddle; free: no footprint within
-    ``m`` of it); the paddle is the last ``L`` of the pivot-head ray, so consecutive paddles leave a gap of
-    about ``2 m``; a paddle whose footprint (the pixels its stroke dilated by ``m`` covers, i.e. centres
-    within ``thickness / 2 + m - 1/2``) meets another footprint is redrawn up to ``max_paddle_retrial`` more
-    times, else the contour fails. A contour's latest paddle is not yet counted against its own next one;
-  * the two targets grow to ``contour_length`` paddles each, one after the other, and are regrown from scratch
-    on failure: per round ``A`` attempts at the first (the first complete one wins), then ``B`` attempts at the
-    second, which avoids the whole first contour (the first complete one wins; if none, the first contour is
-    dropped too and the next round starts over) (``TARGET_BATCH[size] = (A, B)``); then ``n_distractors``
-    contours of ``distractor_length`` paddles, each retried ``max_distractor_retrial`` times and otherwise left
-    out, as in snakes2;
-  * strokes and markers (discs of ``marker_radius``) are drawn ``antialias_scale`` times finer (Pillow) and
-    Lanczos-downsampled, as snakes2's ``scipy.misc.imresize(..., interp='lanczos')`` did, *without* any
-    renormalisation: a stroke half a pixel wide (Pathfinder-32) peaks near 0.5, a marker at 1; strokes are then
-    scaled by their contrast; the image is divided by its maximum, as ``scipy.misc.imsave``'s byte scaling
-    did, and stored as uint8.
+  * a paddle of length L, thickness w and margin m is drawn on its own canvas of ``2 R aa + 1`` pixels
+    (R = L + ceil(w) + m, aa the antialias scale) from the centre to ``ceil(centre + L aa (sin θ, cos θ))``,
+    aliased and ``round(w aa)`` wide, then Lanczos-resized to ``2R + 1`` pixels (uint8); its *margin mask* is
+    the same stroke grey-dilated by a disc of radius ``m aa`` and resized the same way. Both are pasted with
+    their centre on the paddle's integer anchor pixel and composited by maximum. The paddle and mask depend
+    on θ alone, so they are tabulated once (360 whole-degree seed orientations and the K orientations a grown
+    paddle can take);
+  * ``mask`` (soft, 0..1; kept here as uint8 multiples of 1/255) starts with the ``padding`` border at 1;
+  * target pair: the first seed takes θ uniform over whole degrees, then its tail uniform among the pixels
+    where the margin mask's core (values exactly 1) of a paddle anchored one pixel down-right stays off the
+    border and the ``2 seed_distance`` frame (no such pixel: the pair fails); head = ceil(tail + L u),
+    pivot = ceil(head - (L + m) u); out-of-image head or pivot: new θ and tail, 3 tries. Quirk kept: where
+    the kernel misses the image entirely from some pixel, cv2.dilate leaves -DBL_MAX there and snakes'
+    ``find_available_coordinates`` then reports no free pixel at all (s:88-90), so only the orientations
+    whose kernel reaches the image from every pixel can seed (30 of 360 at 32 px; for distractors too).
+    The second seed lies ``round(tail1 + seed_distance (sin φ, cos φ))`` (φ whole degrees); only its head
+    and pivot are checked.
+    Then ``contour_length - 1`` steps grow the two contours alternately, one paddle each, on one shared mask;
+    any failure restarts the pair from scratch (no limit). Afterwards only the second contour's last paddle
+    enters the mask (the first's never does);
+  * growing a paddle: new pivot Q = ceil(P + (L + 2m) (sin θ, cos θ)); candidate heads are the pixels
+    ``floor(Q + (L+m) (sin a, cos a))`` for a = 0, 360/(2π(L+m)), ... degrees, inside the image, unique;
+    weight ``(1 - dilate(mask, disc m)[head]) · max(cos(min(c Δ, π/2)), 0)^2`` (Δ the turn from θ; total
+    < 1e-4: fail); up to 3 draws from the cumulative weights; a draw is kept if ``max(mask + margin mask) <
+    1.8`` (the paddle is drawn from the head back toward Q); on success the *previous* paddle's margin mask
+    enters the mask (so a paddle is never tested against its own predecessor);
+  * distractors: ``n_distractors`` slots, each up to ``max_distractor_retrial + 1`` attempts, else skipped;
+    an attempt fails if under 1% of the image has mask <= 0.3; its seed is as the first target seed but
+    against the current mask (pixels > 0.3) and the image's outermost ring; ``distractor_length - 1``
+    growth steps; a failed attempt leaves nothing; a complete one adds its last paddle's mask as well;
+  * contrasts: target paddles snake x paddle contrast, distractor paddles the snake contrast (values stored
+    as float32, as the reference's 'F' canvases); markers: a disc of radius r aa around the fine pixel
+    (cy aa, cx aa) on a ``S aa`` canvas, byte-scaled to 0/255 and Lanczos-resized to S, one canvas per marker;
+    the image is the maximum of everything, byte-scaled as ``scipy.misc.imsave`` did
+    (``(x - min) 255 / (max - min) + 0.5``, truncated);
+  * the label is drawn per image (not balanced), the origin contour too, independently of the geometry.
 
-Labels alternate (example i has label ``i % 2``), balanced exactly for an even count. Example i is drawn from
-``np.random.default_rng([data_seed, i])`` alone, so the data do not depend on the number of workers.
+Implementation: the growth of all attempts of a group of images runs in the same numpy calls (flat uint8
+grids, padded so windows need no clipping; the dilated mask is kept alongside, since dilation commutes with
+the maximum). A distractor tail is drawn by rejection among uniform pixels (TAIL_TRIES), falling back to the
+full list of free pixels: both give the uniform choice among free pixels, as the reference. Example i uses
+``np.random.default_rng([data_seed, i, s])`` alone (s = 0 label/margin/origin, 1 targets, 2 distractors), so
+images do not depend on how they are grouped or on the worker count.
 
-Speed: everything is vectorised in numpy over the attempts of an image *and* over a group of images drawn
-together (``sample_examples``: the rows of all their attempts share each numpy call; each image takes its
-random numbers in fixed blocks from its own generator, so grouping does not change any image). Occupancy is
-kept incrementally in flat per-attempt 0/1 grids (lazily zeroed; the image frame is a lookup by pivot cell)
-with precomputed footprints (one per ring candidate and per whole-degree seed orientation), so placing a
-paddle is a gather and a scatter. Measured on this project's 2-core Xeon @ 2.50GHz, hard, otherwise idle
-(benchmarks/pathfinder_gen.py -> results/pathfinder/generation_*.md): Pathfinder-32 ~330 images/s in one
-process, ~590/s with 2 workers (200,000 in 6-10 min); Path-X ~85/s in one process, ~125/s with 2 workers
-(200,000 in 27-40 min). With another job on one of the cores, 2 workers gave ~170/s and ~40/s.
+Speed (hard, generation and rendering, measured on a 2-vCPU AMD EPYC shared with another job, so rough):
+Pathfinder-32 ~400 images/s in one process, ~540/s with 2 processes (200,000 in ~6 min); Path-X ~37/s in one
+process, ~52/s with 2 (200,000 in ~65 min). As in the reference, an image needs ~300 target-pair attempts on average
+(heavy-tailed, at 32 and 128 px); at 32 px ~92% of them fail at the first seed (the quirk above).
 
-Deviations from snakes2 for speed (format version 2), besides the choices listed below: the targets grow one
-after the other instead of alternately paddle by paddle, and a first contour gets ``B`` tries at a second one
-before it is dropped (snakes2: one), which leaves Path-X (where ~0.5% of snakes2-style attempts succeed)
-about 3x faster here; so a first contour that leaves little room for a second is accepted somewhat more often
-than under full restarts. Distractor seeds are drawn among all pixels (a taken one does not fit) rather than
-among free ones.
+What is not reproduced: the reference's random-number stream (numpy's global RandomState; bitwise equality is
+impossible); tie-level float details (its scalar vs our vectorised sin/cos, summation order of the candidate
+weights). Lanczos is the installed Pillow's (the reference ran a 2019 PIL). Choices where the sources leave
+room: the distractor count follows the contour length (``budget // d``, as LRA's docstrings; the wrapper's
+loop would keep the count of the first split), which matches the reference statistics at hard.
 
 LRA settings, from the docstrings of ``lra_benchmarks/data/pathfinder.py`` (google-research/long-range-arena,
 ``Pathfinder32``, ``Pathfinder128``) over the snakes2 wrapper's defaults (paddle_length 5, max_paddle_retrial 2,
@@ -59,23 +70,13 @@ max_distractor_contour_retrial 4, paddle_contrast 1, use_single_paddles False):
     | 128  | 5 (dflt) | 1.5       | 2 or 3  | 1.8        | 20        | 3        | 2  | 1   | 0.9 x 1                 | 35 // d     |
 
 (d = distractor length = contour_length // 3; contour length 6 / 9 / 14 for the release's curv_baseline /
-curv_contour_length_9 / curv_contour_length_14.) As in snakes2, target paddles get snake x paddle contrast and
-distractor paddles the snake contrast alone: at 32 px targets peak near 0.5 x 1.5 and distractors near
-0.5 x 2, so markers and distractors come out near 255 and targets near 190; at 128 px (strokes 1.5 px wide,
-peak 1) targets and distractors are at 0.9 of the markers. (Format 2 renormalised strokes to their nominal
-peak, which left the 32 px markers at half the distractors' brightness, lost among the strokes' anti-aliased
-edges: a small CNN stayed at chance on those images; see benchmarks/pathfinder_learnability.py.) Our choices where the description leaves room: integer division for the distractor counts
-(the wrapper's ``35 / d`` under Python 2) and the count follows the chosen contour length; hard footprints
-rasterised at pixel centres instead of thresholds on Lanczos-resized masks; a distractor seed tried on
-``TAIL_TRIES`` random pixels per orientation; the second target seed may not overlap the first contour and
-every paddle of a target avoids the other target (snakes2 checks neither for the seeds, so its targets can
-touch); everything outside the padding counts as occupied.
+curv_contour_length_9 / curv_contour_length_14.)
 """
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -84,10 +85,12 @@ __all__ = ["DIFFICULTIES", "FORMAT_VERSION", "TARGET_BATCH", "PathfinderParams",
            "sample_examples", "sample_example", "render_layers", "render"]
 
 DIFFICULTIES = {"easy": 6, "intermediate": 9, "hard": 14}   # contour length (paddles per target contour)
-FORMAT_VERSION = 3                                          # bump when the sampling or drawing changes (3: Lanczos, no renormalisation)
-TARGET_BATCH = {32: (16, 8), 128: (16, 16)}                 # per image size: attempts at target 1, 2 per round
-MAX_TARGET_ROUNDS = 400                                     # rounds before giving up
-TAIL_TRIES = 16                                             # pixels tried per distractor seed orientation
+FORMAT_VERSION = 4      # bump when the sampling or drawing changes (4: snakes2 step for step, per-paddle canvases)
+TARGET_BATCH = {32: 48, 128: 24}   # per image size: target-pair attempts per image and round (speed only)
+MAX_TARGET_ATTEMPTS = 200_000      # per image; the reference has no limit (it needs ~300-400 on average)
+TAIL_TRIES = 16                    # uniform pixels tried per distractor seed before listing the free ones
+_REJECT = 459                      # mask + margin mask >= 1.8, in 1/255 units (459 for float32 k/255 sums)
+_OCCUPIED = 77                     # mask > 0.3, in 1/255 units
 
 
 @dataclass(frozen=True)
@@ -137,104 +140,207 @@ def lra_params(image_size: int, contour_length: int) -> PathfinderParams:
                             n_distractors=_DISTRACTOR_BUDGET[image_size] // d, **_LRA[image_size])
 
 
+_LRA = {  # per image size: the LRA wrapper settings (module docstring) and the distractor paddle budget
+    32: dict(paddle_length=2, paddle_thickness=0.5, paddle_margins=(1,), continuity=1.0, seed_distance=7,
+             marker_radius=1.5, antialias_scale=2, padding=1, target_contrast=2 * 0.75, distractor_contrast=2.0),
+    128: dict(paddle_length=5, paddle_thickness=1.5, paddle_margins=(2, 3), continuity=1.8, seed_distance=20,
+              marker_radius=3, antialias_scale=2, padding=1, target_contrast=0.9, distractor_contrast=0.9),
+}
+_DISTRACTOR_BUDGET = {32: 20, 128: 35}
+
+
+def lra_params(image_size: int, contour_length: int) -> PathfinderParams:
+    """The LRA generator settings for a 32 (Pathfinder) or 128 (Path-X) pixel image."""
+    if image_size not in _LRA:
+        raise ValueError(f"no LRA generator settings for image_size {image_size}; known: {', '.join(map(str, _LRA))}")
+    d = max(1, contour_length // 3)
+    return PathfinderParams(image_size=image_size, contour_length=contour_length, distractor_length=d,
+                            n_distractors=_DISTRACTOR_BUDGET[image_size] // d, **_LRA[image_size])
+
+
 @dataclass
 class Example:
-    """One image's geometry, in (row, col) pixel coordinates (pixel centres at integers)."""
+    """One image's geometry, in (row, col) pixel coordinates (pixel centres at integers).
+
+    Contours as nominal segments (n, 2, 2): each paddle (end nearer the contour's origin, far end); a seed
+    paddle runs from its tail, a grown one ends at its head. ``*_paddles``: per contour (n, 3) int rows
+    (anchor row, anchor col, orientation table index) that ``render`` draws."""
     label: int
     margin: int
-    targets: tuple[np.ndarray, np.ndarray]  # each (contour_length, 2, 2): paddles (start, end), origin tip first
+    targets: tuple[np.ndarray, np.ndarray]  # each (contour_length, 2, 2), origin tip first
     distractors: list[np.ndarray]           # each (distractor_length, 2, 2)
     markers: np.ndarray                     # (2, 2): origin marker centre, terminal marker centre
     origin: int                             # target contour whose start carries the origin marker
     terminal: int                           # target contour whose end carries the other (== origin iff label 1)
+    target_paddles: tuple[np.ndarray, ...] = ()
+    distractor_paddles: list[np.ndarray] = field(default_factory=list)
+    target_attempts: int = 0                # two_snakes calls this image took (diagnostic)
 
 
-def _capsule_offsets(p0: np.ndarray, p1: np.ndarray, radius: float) -> np.ndarray:
-    """Integer pixels (k, 2) whose centres lie within ``radius`` of the segment p0-p1 (float (row, col))."""
-    lo = np.floor(np.minimum(p0, p1) - radius).astype(int)
-    hi = np.ceil(np.maximum(p0, p1) + radius).astype(int)
-    rows, cols = np.mgrid[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1]          # (h, w) each
-    q = np.stack([rows, cols], -1).astype(float) - p0                 # (h, w, 2)
-    d = p1 - p0
-    t = np.clip((q @ d) / max(float(d @ d), 1e-12), 0.0, 1.0)         # (h, w) projection onto the segment
-    inside = ((q - t[..., None] * d) ** 2).sum(-1) <= radius * radius
-    return np.stack([rows[inside], cols[inside]], 1)
+# ---------------------------------------------------------------- scipy.misc / cv2 semantics
 
 
-def _pad_rows(rows: list[np.ndarray]) -> np.ndarray:
-    """Ragged 1-D arrays -> (n, max_len), each row padded by repeating its first entry (harmless for any / +=)."""
-    width = max(len(r) for r in rows)
-    return np.stack([np.concatenate([r, np.full(width - len(r), r[0])]) for r in rows])
+def _bytescale(a: np.ndarray) -> np.ndarray:
+    """scipy<=1.2 ``bytescale``: uint8 unchanged; else (a - min) 255 / (max - min) (0 -> 1), + 0.5, truncated."""
+    a = np.asarray(a)
+    if a.dtype == np.uint8:
+        return a
+    cmin, cmax = a.min(), a.max()
+    cscale = cmax - cmin
+    scale = 255.0 / (cscale if cscale != 0 else 1)
+    return (((a - cmin) * scale).clip(0, 255) + 0.5).astype(np.uint8)
+
+
+def _resize(a: np.ndarray, n: int) -> np.ndarray:
+    """scipy<=1.2 ``imresize(a, (n, n), interp='lanczos')``: byte-scaled, then PIL Lanczos; uint8."""
+    return np.asarray(Image.fromarray(_bytescale(a), "L").resize((n, n), Image.Resampling.LANCZOS))
+
+
+def _disk(r: int) -> np.ndarray:
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r
+
+
+def _dilate(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``cv2.dilate``: out[p] = max over kernel entries k != 0 of img[p + k - centre]; pixels outside ignored
+    (a pixel with all of them outside gets -inf)."""
+    h, w = img.shape
+    c0, c1 = kernel.shape[0] // 2, kernel.shape[1] // 2
+    out = np.full(img.shape, -np.inf)
+    for ky, kx in zip(*np.nonzero(kernel)):
+        dy, dx = ky - c0, kx - c1
+        if abs(dy) >= h or abs(dx) >= w:
+            continue
+        dst = out[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+        np.maximum(dst, img[max(dy, 0):h - max(-dy, 0), max(dx, 0):w - max(-dx, 0)], out=dst)
+    return out
+
+
+def _free_map(occupied: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Pixels p with some p + o (o in offsets) inside the image and none of those occupied: where
+    ``dilate(lined, kernel)`` is <= 0.3 for a 0/1 ``lined`` (cv2 semantics above)."""
+    h, w = occupied.shape
+    some, blocked = np.zeros((h, w), bool), np.zeros((h, w), bool)
+    for dy, dx in offsets:
+        ys, xs = slice(max(-dy, 0), h - max(dy, 0)), slice(max(-dx, 0), w - max(dx, 0))
+        some[ys, xs] = True
+        blocked[ys, xs] |= occupied[max(dy, 0):h - max(-dy, 0), max(dx, 0):w - max(-dx, 0)]
+    return some & ~blocked
+
+
+def _padded(rows: list[np.ndarray], fill_first: bool = True) -> np.ndarray:
+    """Ragged 1-D arrays -> (n, max_len), each padded by repeating its first entry."""
+    width = max(1, max(len(r) for r in rows))
+    return np.stack([np.concatenate([r, np.full(width - len(r), r[0] if len(r) else 0, dtype=r.dtype)])
+                     for r in rows])
 
 
 class _Tables:
-    """Everything about a paddle that does not depend on where it is, for one (params, margin).
+    """Everything that does not depend on where a paddle is, for one (params, margin).
 
-    Occupancy grids are padded by ``border`` cells on each side and indexed flat: image pixel (r, c) is cell
-    ``(r + border) * width + c + border``; everything outside the image counts as occupied, so footprints need
-    no clipping. A grown paddle takes one of K head offsets ``ring`` from its integer pivot (the pixels the
-    circle of radius L + m passes through, like snakes2's candidates); a seed paddle one of 360 whole-degree
-    orientations from its integer tail. Footprints are stored as flat cell offsets.
-    """
+    Orientation index o: 0..359 the seed orientations (degree o - 180), 360 + k the paddle grown toward ring
+    candidate k. Grids: image pixel (r, c) is cell ``(r + B) W + c + B`` of a flat (W, W) uint8 grid."""
 
     def __init__(self, p: PathfinderParams, margin: int):
-        L, m = p.paddle_length, margin
-        self.margin = m
-        self.r_occ = p.paddle_thickness / 2 + m - 0.5   # pixels the stroke dilated by m (nearly) covers
-        self.r_near = self.r_occ + m                     # ... dilated by m once more: no new head there
-        self.border = math.ceil(L + 2 * m + self.r_near) + 2
-        self.width = p.image_size + 2 * self.border
-        r = math.ceil(L + m + 1)
-        square = np.stack(np.mgrid[-r:r + 1, -r:r + 1], -1).reshape(-1, 2)
-        ring = square[np.abs(np.linalg.norm(square, axis=1) - (L + m)) < 0.5]
-        units = ring / np.linalg.norm(ring, axis=1, keepdims=True)                # (K, 2)
-        self.ring = ring                                                          # (K, 2) head - pivot
-        self.start = ring - L * units                                             # (K, 2) paddle start - pivot
-        self.step = np.rint(ring + m * units).astype(int)                         # (K, 2) next pivot - pivot
-        self.head_cells = self._flat(ring)                                        # (K,)
-        occ_px = [_capsule_offsets(s, e, self.r_occ) for s, e in zip(self.start, ring)]
-        self.fp_occ = _pad_rows([self._flat(q) for q in occ_px])                 # (K, F)
-        self.fp_near = _pad_rows([self._capsule(s, e, self.r_near) for s, e in zip(self.start, ring)])
-        radians = np.arange(-180, 180) * math.pi / 180
-        dirs = np.stack([np.sin(radians), np.cos(radians)], 1)                    # (360, 2) seed d at row d + 180
-        self.seed_dirs = dirs
-        self.seed_step = np.rint((L + m) * dirs).astype(int)                      # (360, 2) first pivot - tail
-        seed_px = [_capsule_offsets(np.zeros(2), L * u, self.r_occ) for u in dirs]
-        self.seed_occ = _pad_rows([self._flat(q) for q in seed_px])
-        self.seed_lo = np.array([q.min(0) for q in seed_px])                     # (360, 2) footprint bounding box
-        self.seed_hi = np.array([q.max(0) for q in seed_px])
-        self.occ_lo, self.occ_hi = p.padding, p.image_size - p.padding - 1      # where footprints may lie
-        self.seed_near = _pad_rows([self._capsule(np.zeros(2), L * u, self.r_near) for u in dirs])
-        # continuity weights of the K candidates after a grown paddle k (rows 0..K-1) or a seed d (K + d + 180)
-        previous = np.concatenate([np.arctan2(ring[:, 0], ring[:, 1]), radians])
-        turn = np.abs(np.arctan2(ring[:, 0], ring[:, 1])[None, :] - previous[:, None]) % (2 * math.pi)
-        turn = np.minimum(turn, 2 * math.pi - turn) * p.continuity               # (K + 360, K)
-        self.weights = np.where(turn < math.pi / 2, np.cos(np.minimum(turn, math.pi / 2)) ** 2, 0.0)
-        self.frame_occ = self._frame(p.image_size, p.padding)
-        self.frame_near = self._frame(p.image_size, p.padding + m)
-        # the frame as lookups by pivot cell, so per-attempt grids can start empty: head k is clear of the frame
-        # (as frame_near says), footprint k lies inside the padding (bounding box of its pixels)
-        here = np.stack(np.divmod(np.arange(self.width ** 2), self.width), 1)[:, None] - self.border  # (W^2, 1, 2)
-        near_lo, near_hi = p.padding + m, p.image_size - p.padding - m - 1
-        self.head_in = ((here + ring >= near_lo) & (here + ring <= near_hi)).all(-1)              # (W^2, K)
-        fp_lo, fp_hi = np.array([q.min(0) for q in occ_px]), np.array([q.max(0) for q in occ_px])
-        self.fp_in = ((here + fp_lo >= self.occ_lo) & (here + fp_hi <= self.occ_hi)).all(-1)     # (W^2, K)
+        S, L, m, aa, th = p.image_size, p.paddle_length, margin, p.antialias_scale, p.paddle_thickness
+        if round(th * aa) != th * aa:
+            raise ValueError("paddle thickness x antialias scale must be whole")
+        if p.padding < 1:
+            raise ValueError("padding must be >= 1 (the distractor seed test relies on the border)")
+        self.margin, self.size = m, S
+        self.R = R = int(L + math.ceil(th) + m)
+        n, sb, cb, width = 2 * R + 1, 2 * R * aa + 1, R * aa, int(round(th * aa))
+        # candidate heads around an integer pivot (s:312-325); integer offsets whatever the pivot (checked)
+        r = L + m
+        angles = np.arange(0, 360, 360. / (2 * r * np.pi)) * np.pi / 180
+        fy, fx = r * np.sin(angles), r * np.cos(angles)
+        q = np.arange(-3 * S, 3 * S, dtype=float)[:, None]
+        for f in (fy, fx):
+            v = q + f[None]
+            if not np.array_equal(v.astype(int)[v >= 0], (q + np.floor(f)[None])[v >= 0].astype(int)):
+                raise AssertionError("ring candidates depend on the pivot")
+        self.ring = ring = np.unique(np.stack([np.floor(fy), np.floor(fx)], 1).astype(int), axis=0)   # (K, 2)
+        self.K, self.n_seed = len(ring), 360
+        phi = np.arctan2(ring[:, 0].astype(float), ring[:, 1].astype(float))
+        seeds = np.arange(-180, 180) * np.pi / 180
+        flipped = np.where(phi < 0, phi + np.pi, phi - np.pi)
+        drawn = np.concatenate([seeds, flipped])            # orientation each paddle is drawn in
+        onward = np.concatenate([seeds, phi])               # orientation the contour goes on in
+        self.sin, self.cos = np.sin(onward), np.cos(onward)
+        self.draw_sin, self.draw_cos = np.sin(drawn), np.cos(drawn)
+        reverse = np.where(seeds + np.pi < np.pi, seeds + np.pi, seeds - np.pi)
+        self.rev_sin, self.rev_cos = np.sin(reverse), np.cos(reverse)
+        large = _disk(m * aa).astype(np.uint8)
+        paddles, masks = [], []
+        for theta in drawn:
+            head = (int(np.ceil(cb + float(L * aa) * np.sin(theta))), int(np.ceil(cb + float(L * aa) * np.cos(theta))))
+            canvas = Image.new("F", (sb, sb), "black")
+            ImageDraw.Draw(canvas).line([(cb, cb), (head[1], head[0])], fill="white", width=width)
+            blown = np.array(canvas)
+            paddles.append(_resize(blown, n))
+            masks.append(_resize(_dilate(blown, large).astype(np.uint8), n))
+        self.P, self.M = np.stack(paddles), np.stack(masks)                     # (O, n, n) uint8
+        disk_m = _disk(m)
+        self.DM = np.stack([_dilate(np.pad(a, m).astype(float), disk_m).astype(np.uint8) for a in self.M])
+        # grids
+        self.B = B = R + m + int(math.ceil(L)) + 3
+        self.W = Wd = S + 2 * B
+        inimage = np.zeros((Wd, Wd), bool)
+        inimage[B:B + S, B:B + S] = True
+        self.inimage = inimage.reshape(-1)
+        self.image_cells = np.flatnonzero(self.inimage)                         # row-major
+        border = np.zeros((S, S), bool)
+        pd = p.padding
+        border[:pd] = border[S - pd:] = True
+        border[:, :pd] = True
+        border[:, S - pd:] = True
+        mask0 = np.zeros((Wd, Wd), np.uint8)
+        mask0[B:B + S, B:B + S] = 255 * border
+        dmask0 = np.zeros((Wd, Wd), np.uint8)
+        dmask0[B:B + S, B:B + S] = _dilate(255.0 * border, disk_m).astype(np.uint8)
+        self.mask0, self.dmask0 = mask0.reshape(-1), dmask0.reshape(-1)
 
-    def _flat(self, offsets: np.ndarray) -> np.ndarray:
-        return (offsets[..., 0] * self.width + offsets[..., 1]).astype(np.int64)
+        def support(arrays: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+            offs, vals = [], []
+            for a in arrays:
+                jy, jx = np.nonzero(a)
+                offs.append(((jy - half) * Wd + (jx - half)).astype(np.int64))
+                vals.append(a[jy, jx])
+            return _padded(offs), _padded(vals)
+        self.m_off, self.m_val = support(self.M, R)                             # (O, F) flat offsets, uint8
+        self.dm_off, self.dm_val = support(self.DM, R + m)
+        # seed free-space kernels (s:163-196, s2:112-145): the margin-mask core (== 1) of a paddle anchored at
+        # (L+m+1, L+m+1) on a (2(L+m)+1)^2 canvas, as offsets from the kernel centre
+        ks, c0 = int(2 * (L + m) + 1), int(L + m)
+        core = []
+        for o in range(360):
+            jy, jx = np.nonzero(self.M[o] == 255)
+            ky, kx = c0 + 1 - R + jy, c0 + 1 - R + jx
+            keep = (ky >= 0) & (ky < ks) & (kx >= 0) & (kx < ks)
+            core.append(np.stack([ky[keep] - c0, kx[keep] - c0], 1))
+        self.core_n = np.array([len(c) for c in core])
+        self.core_off = _padded([(c[:, 0] * Wd + c[:, 1]).astype(np.int64) for c in core])   # (360, C)
+        sd2 = int(round(2 * p.seed_distance))
+        lined = border.copy()
+        lined[:sd2] = lined[S - sd2:] = True
+        lined[:, :sd2] = True
+        lined[:, S - sd2:] = True
+        # cv2.dilate leaves -DBL_MAX where every kernel offset falls outside the image, and snakes'
+        # find_available_coordinates returns *no* pixel at all when the map has a negative entry (s:88-90):
+        # orientations whose kernel misses the image from some pixel ("blind") never seed
+        self.blind = np.array([not _free_map(np.zeros((S, S), bool), c).all() for c in core])
+        free1 = [np.argwhere(_free_map(lined, c)) if not b else np.zeros((0, 2), int) for c, b in zip(core, self.blind)]
+        self.nfree1 = np.array([len(f) for f in free1])
+        top = max(1, self.nfree1.max())
+        self.free1 = np.stack([np.concatenate([f, np.zeros((top - len(f), 2), int)]) for f in free1])  # (360, F, 2)
+        # continuity weights of the K candidates after orientation o (s:327-332)
+        d = np.abs(phi[None, :] - onward[:, None])
+        delta = np.minimum(np.minimum(d, 2 * np.pi - d) * p.continuity, 0.5 * np.pi)
+        self.weights = np.maximum(np.cos(delta), 0) ** 2                        # (O, K)
+        self.inv = 1 - (np.arange(256) / 255).astype(np.float32).astype(np.float64)
 
-    def _capsule(self, p0: np.ndarray, p1: np.ndarray, radius: float) -> np.ndarray:
-        return self._flat(_capsule_offsets(p0, p1, radius))
-
-    def _frame(self, size: int, width: int) -> np.ndarray:
-        out = np.ones((self.width, self.width), np.int8)
-        lo, hi = self.border + width, self.border + size - width
-        out[lo:hi, lo:hi] = 0
-        return out.reshape(-1)
-
-    def cells(self, q: np.ndarray) -> np.ndarray:
-        """Flat cells of integer image pixels q (..., 2)."""
-        return (q[..., 0] + self.border) * self.width + q[..., 1] + self.border
+    def cell(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return (y + self.B) * self.W + x + self.B
 
 
 @functools.lru_cache(maxsize=8)
@@ -242,268 +348,303 @@ def _tables(p: PathfinderParams, margin: int) -> _Tables:
     return _Tables(p, margin)
 
 
-def _inside(q: np.ndarray, size: int) -> np.ndarray:
-    return ((q >= 0) & (q <= size - 1)).all(-1)
+def _inside(pt: np.ndarray, size: int) -> np.ndarray:
+    return ((pt >= 0) & (pt < size)).all(-1)
 
 
-def _seed_ok(t: _Tables, tail: np.ndarray, degree: np.ndarray, p: PathfinderParams, margin: int) -> np.ndarray:
-    """snakes2's seed check: the head and the point ``margin`` behind the tail lie in the image; and the seed's
-    footprint lies inside the padding."""
-    u, d = t.seed_dirs[degree + 180], degree + 180
-    return (_inside(tail + p.paddle_length * u, p.image_size) & _inside(tail - margin * u, p.image_size)
-            & ((tail + t.seed_lo[d] >= t.occ_lo) & (tail + t.seed_hi[d] <= t.occ_hi)).all(-1))
+def _seed_ends(p: PathfinderParams, t: _Tables, tail: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """head = ceil(tail + L u), pivot = ceil(head + (L + m) u_reversed) (s:419-426), for seed orientations o."""
+    L, r = float(p.paddle_length), float(p.paddle_length + t.margin)
+    hy = np.ceil(tail[..., 0] + L * t.sin[o]).astype(int)
+    hx = np.ceil(tail[..., 1] + L * t.cos[o]).astype(int)
+    py = np.ceil(hy + r * t.rev_sin[o]).astype(int)
+    px = np.ceil(hx + r * t.rev_cos[o]).astype(int)
+    return np.stack([hy, hx], -1), np.stack([py, px], -1)
 
 
-def _sample_rows(weight: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draws: weight (n, K) with positive row sums, u (n, R) uniform -> (n, R) indices."""
-    cmf = np.cumsum(weight, 1) / weight.sum(1, keepdims=True)                       # (n, K)
-    return np.minimum((cmf[:, :, None] <= u[:, None, :]).sum(1), weight.shape[1] - 1)
+def _stamp(t: _Tables, mask: np.ndarray, dmask: np.ndarray, base: np.ndarray, anchor: np.ndarray,
+           o: np.ndarray) -> None:
+    """mask = max(mask, margin mask of paddle (anchor, o)) (clipped to the image); dmask likewise, dilated."""
+    local = t.cell(anchor[:, 0], anchor[:, 1])[:, None]
+    cells = local + t.m_off[o]
+    idx = base[:, None] + cells
+    mask[idx] = np.maximum(mask[idx], t.m_val[o] * t.inimage[cells])
+    idx = base[:, None] + local + t.dm_off[o]
+    dmask[idx] = np.maximum(dmask[idx], t.dm_val[o])
 
 
-def _grow_rows(p: PathfinderParams, t: _Tables, occ: np.ndarray, near: np.ndarray, base: np.ndarray,
-               tail: np.ndarray, deg: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Grow one snake per row from its seed (tail (r, 2), deg (r,)), each in its own 0/1 grids at ``base`` (r,)
-    in ``occ`` / ``near``, with draws u (r, contour_length - 1, R). A snake's latest paddle is kept out of its
-    own grid until the next one is placed (consecutive paddles may nearly touch); the frame is checked by
-    lookup (``t.head_in``, ``t.fp_in``). Returns the rows that grew to full length (their grids now hold the
-    whole snake) and every row's ring choices (r, contour_length - 1)."""
-    r = len(base)
-    live = np.arange(r)
-    cell = base + t.cells(tail)
-    pending = (cell[:, None] + t.seed_occ[deg + 180], cell[:, None] + t.seed_near[deg + 180])
-    pivot, prev = tail + t.seed_step[deg + 180], len(t.ring) + deg + 180
-    choices = np.zeros((r, p.contour_length - 1), int)
-    for step in range(p.contour_length - 1):
-        local = t.cells(pivot)                                                      # (n,) cell in a grid
-        cell = base[live] + local
-        free = t.head_in[local] & (near[cell[:, None] + t.head_cells] == 0)          # (n, K)
-        weight = t.weights[prev] * free
-        alive = weight.sum(1) >= 1e-4
-        weight[~alive] = 1.0
-        k = _sample_rows(weight, u[live, step])                                     # (n, R) draws
-        clear = t.fp_in[local[:, None], k] & ~occ[cell[:, None, None] + t.fp_occ[k]].any(-1)  # (n, R)
-        alive &= clear.any(1)
-        k = k[np.arange(len(live)), clear.argmax(1)][alive]                         # first draw that fits
-        occ[pending[0][alive]] = 1                       # the previous paddle is no longer the latest
-        near[pending[1][alive]] = 1
-        live, cell = live[alive], cell[alive][:, None]
-        pending = (cell + t.fp_occ[k], cell + t.fp_near[k])
-        pivot, prev = pivot[alive] + t.step[k], k
-        choices[live, step] = k
-    occ[pending[0]] = 1
-    near[pending[1]] = 1
-    return live, choices
+def _extend(p: PathfinderParams, t: _Tables, mask: np.ndarray, dmask: np.ndarray, base: np.ndarray,
+            pivot: np.ndarray, prev: np.ndarray, u: np.ndarray):
+    """``extend_snake`` for n contours at once (s:235-301): ok (n,), new pivot (n, 2), ring choice (n,), head (n, 2).
+    Does not change the grids; the caller stamps the previous paddle where ok."""
+    S, B, Wd = t.size, t.B, t.W
+    n = len(base)
+    step = float(p.paddle_length + 2 * t.margin)
+    qy = np.ceil(pivot[:, 0] + step * t.sin[prev]).astype(int)
+    qx = np.ceil(pivot[:, 1] + step * t.cos[prev]).astype(int)
+    cy, cx = qy[:, None] + t.ring[:, 0], qx[:, None] + t.ring[:, 1]                  # (n, K)
+    valid = (cy >= 0) & (cy < S) & (cx >= 0) & (cx < S)
+    local = np.where(valid, (cy + B) * Wd + cx + B, 0)
+    pmf = t.inv[dmask[base[:, None] + local]] * t.weights[prev] * valid
+    total = pmf.sum(1)
+    ok = total >= 1e-4
+    cmf = np.cumsum(pmf / np.where(ok, total, 1.0)[:, None], 1)
+    hit = cmf[:, None, :] > u[:, :, None]                                             # (n, R, K)
+    idx = np.where(hit.any(2), hit.argmax(2), valid.argmax(1)[:, None])              # (n, R)
+    ar = np.arange(n)[:, None]
+    hy, hx = cy[ar, idx], cx[ar, idx]
+    hl = np.where(ok[:, None], (hy + B) * Wd + hx + B, B * Wd + B)
+    o = t.n_seed + idx
+    total_mask = mask[base[:, None, None] + hl[..., None] + t.m_off[o]].astype(np.int16) + t.m_val[o]
+    good = (total_mask < _REJECT).all(2) & ok[:, None]
+    j = good.argmax(1)
+    ar = np.arange(n)
+    return good.any(1), np.stack([qy, qx], 1), idx[ar, j], np.stack([hy[ar, j], hx[ar, j]], 1)
 
 
-def _first_per_image(live: np.ndarray, per_image: int) -> dict[int, int]:
-    """Image j -> its first (lowest) successful row, for rows laid out image-major, ``per_image`` each."""
-    out: dict[int, int] = {}
-    for row in live.tolist():
-        out.setdefault(row // per_image, row)
+def _target_round(p: PathfinderParams, t: _Tables, u: np.ndarray):
+    """``two_snakes`` for each row of u (n, X): the rows that succeeded, their paddles (k, 2, cl, 3) and grids."""
+    S, reps, steps, sd = p.image_size, p.max_paddle_retrial + 1, p.contour_length - 1, p.seed_distance
+    n, ar = len(u), np.arange(len(u))
+    # first seed (s2:122-167): orientation, then a tail among the free pixels for it (none: the pair fails)
+    o = (u[:, :reps] * 360).astype(int)
+    nfree = t.nfree1[o]
+    tail = t.free1[o, (u[:, reps:2 * reps] * nfree).astype(int)]                      # (n, reps, 2)
+    head, piv = _seed_ends(p, t, tail, o)
+    empty = nfree == 0
+    decided = empty | (_inside(head, S) & _inside(piv, S))
+    first = decided.argmax(1)
+    ok = decided.any(1) & ~empty[ar, first]
+    tail1, o1, piv1 = tail[ar, first], o[ar, first], piv[ar, first]
+    # second seed (s2:180-205): seed_distance from the first's tail; only head and pivot are checked
+    o2 = (u[:, 2 * reps:3 * reps] * 360).astype(int)
+    angle = (u[:, 3 * reps:4 * reps] * 360).astype(int) * np.pi / 180
+    tail2 = np.stack([np.round(tail1[:, :1] + sd * np.sin(angle)),
+                      np.round(tail1[:, 1:] + sd * np.cos(angle))], -1).astype(int)    # (n, reps, 2)
+    head2, piv2 = _seed_ends(p, t, tail2, o2)
+    inb = _inside(head2, S) & _inside(piv2, S)
+    second = inb.argmax(1)
+    ok &= inb.any(1)
+    tail2, o2, piv2 = tail2[ar, second], o2[ar, second], piv2[ar, second]
+    rows = np.flatnonzero(ok)
+    g, cells = len(rows), t.W ** 2
+    mask, dmask = np.tile(t.mask0, g), np.tile(t.dmask0, g)
+    base = np.arange(g) * cells
+    pivot, prev = [piv1[rows], piv2[rows]], [o1[rows], o2[rows]]
+    anchor = [tail1[rows], tail2[rows]]
+    rec = np.zeros((g, 2, steps + 1, 3), int)
+    for k in (0, 1):
+        rec[:, k, 0, :2], rec[:, k, 0, 2] = anchor[k], prev[k]
+    ue = u[rows, 4 * reps:].reshape(g, steps, 2, reps)
+    live = np.arange(g)
+    for step in range(steps):       # the two contours grow alternately, one paddle each (s2:65-86)
+        for k in (0, 1):
+            ok, q, kk, h = _extend(p, t, mask, dmask, base[live], pivot[k][live], prev[k][live], ue[live, step, k])
+            live = live[ok]
+            _stamp(t, mask, dmask, base[live], anchor[k][live], prev[k][live])
+            pivot[k][live], prev[k][live], anchor[k][live] = q[ok], t.n_seed + kk[ok], h[ok]
+            rec[live, k, step + 1, :2], rec[live, k, step + 1, 2] = h[ok], t.n_seed + kk[ok]
+    _stamp(t, mask, dmask, base[live], anchor[1][live], prev[1][live])   # only the second's last paddle
+    return rows[live], rec[live], mask.reshape(g, cells)[live], dmask.reshape(g, cells)[live]
+
+
+def _grow_targets(p: PathfinderParams, t: _Tables, rngs: list[np.random.Generator]) -> list[tuple]:
+    """Each image's two target contours (paddle rows) and grids: the first of its attempts that succeeds; the
+    attempts are i.i.d. (a block of uniforms each, drawn in order), so this is the reference's restart loop."""
+    reps, steps = p.max_paddle_retrial + 1, p.contour_length - 1
+    A, X = TARGET_BATCH.get(p.image_size, 32), 4 * reps + 2 * steps * reps
+    out: list[tuple | None] = [None] * len(rngs)
+    todo, spent = list(range(len(rngs))), 0
+    while todo:
+        if spent >= MAX_TARGET_ATTEMPTS:
+            raise RuntimeError(f"pathfinder: no two target contours in {MAX_TARGET_ATTEMPTS} attempts with {p}")
+        u = np.concatenate([rngs[j].random((A, X)) for j in todo])
+        rows, rec, mask, dmask = _target_round(p, t, u)
+        for i, row in enumerate(rows):
+            j = todo[row // A]
+            if out[j] is None:
+                out[j] = (rec[i, 0], rec[i, 1], mask[i].copy(), dmask[i].copy(), spent + row % A + 1)
+        todo, spent = [j for j in todo if out[j] is None], spent + A
     return out
 
 
-def _replay(p: PathfinderParams, t: _Tables, tail: np.ndarray, degree: int, choices: np.ndarray) -> np.ndarray:
-    """A contour's paddles (n, 2, 2) as (start, end) points, from its seed and its sequence of ring choices."""
-    tail, k = np.asarray(tail, float), np.asarray(choices, int)
-    steps = t.step[k]                                                               # (n - 1, 2)
-    pivots = tail + t.seed_step[degree + 180] + np.cumsum(steps, 0) - steps        # pivot of each grown paddle
-    seed = np.stack([tail, tail + p.paddle_length * t.seed_dirs[degree + 180]])[None]
-    return np.concatenate([seed, np.stack([pivots + t.start[k], pivots + t.ring[k]], 1)])
+def _seed_free(t: _Tables, grids: np.ndarray, local: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """(r, T): pixel cells ``local`` free for a seed of orientation o (r,) in grids (r, W^2) (s:179-196)."""
+    c = local[:, :, None] + t.core_off[o][:, None, :]                                  # (r, T, C)
+    inimg = t.inimage[c]
+    taken = grids[np.arange(len(o))[:, None, None], c] >= _OCCUPIED
+    return inimg.any(2) & ~(taken & inimg).any(2) & ~t.blind[o][:, None]
 
 
-def _grow_targets(p: PathfinderParams, margin: int, rngs: list[np.random.Generator]) -> list[tuple]:
-    """Each image's two target contours and the occupancy they leave (grids with the frame and both contours).
+def _distractor_try(p: PathfinderParams, t: _Tables, masks: np.ndarray, dmasks: np.ndarray, rows: np.ndarray,
+                    u: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One ``make_snake`` attempt in each image ``rows`` (u: (r, X)); the images where it succeeded (their grids
+    updated) and the paddle rows of each new contour."""
+    S, reps, steps, T = p.image_size, p.max_paddle_retrial + 1, p.distractor_length - 1, TAIL_TRIES
+    n = len(rows)
+    grids = masks[rows]
+    undecided = (grids[:, t.image_cells] < _OCCUPIED).sum(1) >= 0.01 * S * S   # stop_with_availability
+    ok = np.zeros(n, bool)
+    tail, o_sel, piv = np.zeros((n, 2), int), np.zeros(n, int), np.zeros((n, 2), int)
+    for j in range(reps):
+        r = np.flatnonzero(undecided)
+        if not len(r):
+            break
+        uj = u[r, j * (T + 2):(j + 1) * (T + 2)]
+        o = (uj[:, 0] * 360).astype(int)
+        blind = t.blind[o]                     # no pixel available at all: the attempt fails
+        undecided[r[blind]] = False
+        r, uj, o = r[~blind], uj[~blind], o[~blind]
+        ty, tx = np.divmod((uj[:, 1:T + 1] * (S * S)).astype(int), S)                 # (r, T)
+        free = _seed_free(t, grids[r], t.cell(ty, tx), o)
+        has, first = free.any(1), free.argmax(1)
+        cand = np.stack([ty[np.arange(len(r)), first], tx[np.arange(len(r)), first]], 1)
+        miss = np.flatnonzero(~has)
+        if len(miss):   # list every free pixel: none -> the attempt fails (s:194-196)
+            full = _seed_free(t, grids[r[miss]], np.broadcast_to(t.image_cells, (len(miss), S * S)), o[miss])
+            count = full.sum(1)
+            pick = (uj[miss, T + 1] * count).astype(int)
+            at = (np.cumsum(full, 1) > pick[:, None]).argmax(1)
+            cand[miss] = np.stack(np.divmod(at, S), 1)
+            empty = r[miss[count == 0]]
+            undecided[empty] = False
+            has[miss[count > 0]] = True
+        r, o, cand = r[has], o[has], cand[has]
+        head, pv = _seed_ends(p, t, cand, o)
+        inb = _inside(head, S) & _inside(pv, S)
+        r, o, cand, pv = r[inb], o[inb], cand[inb], pv[inb]
+        ok[r], undecided[r] = True, False
+        tail[r], o_sel[r], piv[r] = cand, o, pv
+    s = np.flatnonzero(ok)
+    cells = t.W ** 2
+    gm, gd = grids[s].reshape(-1), dmasks[rows[s]].reshape(-1)
+    base = np.arange(len(s)) * cells
+    anchor, prev, pivot = tail[s], o_sel[s], piv[s]
+    rec = np.zeros((len(s), steps + 1, 3), int)
+    rec[:, 0, :2], rec[:, 0, 2] = anchor, prev
+    ue = u[s, reps * (T + 2):].reshape(len(s), steps, reps)
+    live = np.arange(len(s))
+    for step in range(steps):
+        good, q, kk, h = _extend(p, t, gm, gd, base[live], pivot[live], prev[live], ue[live, step])
+        live = live[good]
+        _stamp(t, gm, gd, base[live], anchor[live], prev[live])
+        pivot[live], prev[live], anchor[live] = q[good], t.n_seed + kk[good], h[good]
+        rec[live, step + 1, :2], rec[live, step + 1, 2] = h[good], t.n_seed + kk[good]
+    _stamp(t, gm, gd, base[live], anchor[live], prev[live])
+    done = rows[s[live]]
+    masks[done] = gm.reshape(len(s), cells)[live]
+    dmasks[done] = gd.reshape(len(s), cells)[live]
+    return done, list(rec[live])
 
-    Rounds, for every image not yet done: ``A`` attempts at the first contour from a seed >= 2 seed_distance
-    from the edges (the first that grows to full length wins; none: next round); then ``B`` attempts at the
-    second from a seed ``seed_distance`` from the first's tail, in grids holding the whole first contour (the
-    first that grows wins; none: the first contour is dropped too). Each attempt's random numbers come from one
-    block of its image's generator, so an image's contours do not depend on the images grown beside it."""
-    t, size, sd = _tables(p, margin), p.image_size, p.seed_distance
-    reps, steps, cells = p.max_paddle_retrial + 1, p.contour_length - 1, t.width ** 2
-    A, B = TARGET_BATCH.get(size, (32, 32))
-    lo, hi = math.ceil(2 * sd), size - math.ceil(2 * sd)
-    out: list[tuple | None] = [None] * len(rngs)
-    todo = list(range(len(rngs)))
-    for _ in range(MAX_TARGET_ROUNDS):
-        u = np.concatenate([rngs[j].random((A, 3 + steps * reps)) for j in todo])  # (n, X)
-        n = len(u)
-        tail1 = lo + (u[:, :2] * (hi - lo)).astype(int)                              # (n, 2)
-        deg1 = (u[:, 2] * 360).astype(int) - 180
-        occ, near = np.zeros(n * cells, np.int8), np.zeros(n * cells, np.int8)
-        seeded = np.flatnonzero(_seed_ok(t, tail1, deg1, p, margin))
-        live, choices1 = _grow_rows(p, t, occ, near, seeded * cells, tail1[seeded], deg1[seeded],
-                                    u[seeded, 3:].reshape(-1, steps, reps))
-        firsts = {j: seeded[i] for j, i in _first_per_image(seeded[live], A).items()}  # image -> row
-        firsts = {j: (row, choices1[np.searchsorted(seeded, row)]) for j, row in firsts.items()}
-        # the second contour: B attempts per image that has a first one, in copies of that image's grids
-        have = sorted(firsts)
-        if have:
-            u2 = np.concatenate([rngs[todo[j]].random((B, 2 * reps + steps * reps)) for j in have])
-            rows1 = np.array([firsts[j][0] for j in have])
-            grid1 = (rows1 * cells)[:, None] + np.arange(cells)                      # (h, W^2)
-            occ2 = np.repeat(np.maximum(occ[grid1], t.frame_occ), B, axis=0).reshape(-1)
-            near2 = np.repeat(np.maximum(near[grid1], t.frame_near), B, axis=0).reshape(-1)
-            n2 = len(u2)
-            t1 = np.repeat(tail1[rows1], B, axis=0)                                  # (n2, 2)
-            angle = (u2[:, :reps] * 360).astype(int) * math.pi / 180                 # (n2, R)
-            deg2 = (u2[:, reps:2 * reps] * 360).astype(int) - 180
-            tail2 = np.rint(t1[:, None] + sd * np.stack([np.sin(angle), np.cos(angle)], -1)).astype(int)
-            base2 = np.arange(n2) * cells
-            cell2 = base2[:, None] + t.cells(np.clip(tail2, 0, size - 1))           # (n2, R); clipped ones fail
-            fits = _seed_ok(t, tail2, deg2, p, margin) & ~occ2[cell2[..., None] + t.seed_occ[deg2 + 180]].any(-1)
-            pick = fits.argmax(1)
-            seeded2 = np.flatnonzero(fits.any(1))
-            tail2, deg2 = tail2[seeded2, pick[seeded2]], deg2[seeded2, pick[seeded2]]
-            live2, choices2 = _grow_rows(p, t, occ2, near2, base2[seeded2], tail2, deg2,
-                                         u2[seeded2, 2 * reps:].reshape(-1, steps, reps))
-            for h, i in _first_per_image(seeded2[live2], B).items():
-                j, row1 = have[h], firsts[have[h]][0]
-                k = np.searchsorted(seeded2, i)
-                grid = slice(i * cells, (i + 1) * cells)
-                out[todo[j]] = (_replay(p, t, tail1[row1], int(deg1[row1]), firsts[j][1]),
-                                _replay(p, t, tail2[k], int(deg2[k]), choices2[k]),
-                                (occ2[grid].copy(), near2[grid].copy()))
-        todo = [j for j in todo if out[j] is None]
-        if not todo:
-            return out
-    raise RuntimeError(f"pathfinder: no two target contours fit in {MAX_TARGET_ROUNDS} rounds with {p}")
 
-
-def _grow_distractors(p: PathfinderParams, margin: int, occ: np.ndarray, near: np.ndarray,
+def _grow_distractors(p: PathfinderParams, t: _Tables, masks: np.ndarray, dmasks: np.ndarray,
                       rngs: list[np.random.Generator]) -> list[list[np.ndarray]]:
-    """Each image's distractor contours, added to its grid in ``occ`` and ``near`` (``g`` flat grids stacked).
-
-    ``n_distractors`` slots, each tried up to ``max_distractor_retrial + 1`` times and otherwise left out, as in
-    snakes2; the images of the group advance together, each drawing from one block of its own generator."""
-    t, size, reps = _tables(p, margin), p.image_size, p.max_paddle_retrial + 1
-    g, tries, cells, b = len(rngs), p.max_distractor_retrial + 1, t.width ** 2, t.border
-    width = reps + 2 * reps * TAIL_TRIES + (p.distractor_length - 1) * reps
-    u = np.stack([r.random((p.n_distractors, tries, width)) for r in rngs])       # (g, D, tries, X)
+    """``make_many_snakes`` (s:39-84) for each image (grids (g, W^2), updated): its distractors' paddle rows."""
+    g, tries = len(rngs), p.max_distractor_retrial + 1
+    reps, steps = p.max_paddle_retrial + 1, p.distractor_length - 1
+    u = np.stack([r.random((p.n_distractors, tries, reps * (TAIL_TRIES + 2) + steps * reps)) for r in rngs])
     out: list[list[np.ndarray]] = [[] for _ in range(g)]
     for slot in range(p.n_distractors):
         todo = np.arange(g)
         for attempt in range(tries):
-            free = (occ.reshape(g, t.width, t.width)[todo, b:b + size, b:b + size] == 0).sum((1, 2))
-            rows = todo[free >= 0.01 * size * size]  # snakes2's stop_with_availability=0.01
-            if not len(rows):
+            if not len(todo):
                 break
-            done, contours = _distractor_round(p, t, occ, near, rows, u[rows, slot, attempt])
-            for j, contour in zip(done, contours):
+            done, contours = _distractor_try(p, t, masks, dmasks, todo, u[todo, slot, attempt])
+            for j, contour in zip(done.tolist(), contours):
                 out[j].append(contour)
-            todo = todo[~np.isin(todo, done)]
+            todo = np.setdiff1d(todo, done)
     return out
 
 
-def _distractor_round(p: PathfinderParams, t: _Tables, occ: np.ndarray, near: np.ndarray, rows: np.ndarray,
-                      u: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One try at a distractor in each grid ``rows`` (u: (r, X) uniforms); returns the rows where it fitted (now
-    in their grids) and the contours. Seed: ``R`` orientations x ``TAIL_TRIES`` pixels, the first that fits."""
-    size, reps, steps, T = p.image_size, p.max_paddle_retrial + 1, p.distractor_length - 1, TAIL_TRIES
-    r, base = len(rows), rows * t.width ** 2
-    deg = np.repeat((u[:, :reps] * 360).astype(int) - 180, T, axis=1)             # (r, R T)
-    tails = (u[:, reps:reps + 2 * reps * T] * size).astype(int).reshape(r, reps * T, 2)
-    tcell = base[:, None] + t.cells(tails)                                          # (r, R T)
-    fits = _seed_ok(t, tails, deg, p, t.margin) & ~(occ[tcell[..., None] + t.seed_occ[deg + 180]] > 0).any(-1)
-    pick, ok = fits.argmax(1), fits.any(1)
-    ar = np.arange(r)
-    seed_tail, seed_deg = tails[ar, pick], deg[ar, pick]                           # (r, 2), (r,)
-    tail, deg, cell = seed_tail[ok], seed_deg[ok], tcell[ar, pick][ok]
-    live = ar[ok]                                                                   # round rows still growing
-    pending = (cell[:, None] + t.seed_occ[deg + 180], cell[:, None] + t.seed_near[deg + 180])
-    pivot, prev = tail + t.seed_step[deg + 180], len(t.ring) + deg + 180
-    choices, added = np.zeros((r, steps), int), []
-    draws = u[:, reps + 2 * reps * T:].reshape(r, steps, reps)
-    for step in range(steps):
-        cell = base[live] + t.cells(pivot)
-        weight = t.weights[prev] * (near[cell[:, None] + t.head_cells] == 0)       # (n, K)
-        alive = weight.sum(1) >= 1e-4
-        weight[~alive] = 1.0
-        k = _sample_rows(weight, draws[live, step])                                 # (n, R)
-        clear = ~(occ[cell[:, None, None] + t.fp_occ[k]] > 0).any(-1)
-        alive &= clear.any(1)
-        k = k[np.arange(len(live)), clear.argmax(1)][alive]
-        dead = live[~alive]
-        for was, fo, fn in added if len(dead) else ():  # take the failed ones' paddles out again
-            gone = np.isin(was, dead)
-            occ[fo[gone]] -= 1
-            near[fn[gone]] -= 1
-        live, cell = live[alive], cell[alive]
-        fo, fn = pending[0][alive], pending[1][alive]
-        occ[fo] += 1
-        near[fn] += 1
-        added.append((live, fo, fn))
-        pending = (cell[:, None] + t.fp_occ[k], cell[:, None] + t.fp_near[k])
-        pivot, prev = pivot[alive] + t.step[k], k
-        choices[live, step] = k
-    occ[pending[0]] += 1
-    near[pending[1]] += 1
-    return rows[live], [_replay(p, t, seed_tail[i], int(seed_deg[i]), choices[i]) for i in live]
+def _segments(p: PathfinderParams, t: _Tables, paddles: np.ndarray) -> np.ndarray:
+    """Paddle rows (n, 3) -> nominal segments (n, 2, 2): (end nearer the origin, far end)."""
+    a, o = paddles[:, :2].astype(float), paddles[:, 2]
+    other = a + p.paddle_length * np.stack([t.draw_sin[o], t.draw_cos[o]], 1)
+    seed = o < t.n_seed
+    return np.stack([np.where(seed[:, None], a, other), np.where(seed[:, None], other, a)], 1)
 
 
 def sample_examples(p: PathfinderParams, data_seed: int, indices: list[int] | range) -> list[Example]:
-    """The geometry of examples ``indices``, each drawn from ``np.random.default_rng([data_seed, index])`` alone
-    (so the result for an index does not depend on the others; grouping them only shares numpy calls)."""
-    rngs = [np.random.default_rng([data_seed, i]) for i in indices]
-    margins = [int(p.paddle_margins[r.integers(len(p.paddle_margins))]) for r in rngs]
-    targets: list[tuple | None] = [None] * len(rngs)
+    """The geometry of examples ``indices``, each drawn from ``np.random.default_rng([data_seed, index, s])``
+    alone (so the result for an index does not depend on the others; grouping them only shares numpy calls)."""
+    indices = list(indices)
+    head = [np.random.default_rng([data_seed, i, 0]) for i in indices]
+    labels = [int(r.integers(2)) for r in head]                                       # s2:259
+    margins = [int(p.paddle_margins[r.integers(len(p.paddle_margins))]) for r in head]   # s2:263-269
+    origins = [int(r.integers(2)) for r in head]                                      # s2:323
+    targets: list = [None] * len(indices)
+    distractors: list = [None] * len(indices)
+    attempts = [0] * len(indices)
     for margin in sorted(set(margins)):
+        t = _tables(p, margin)
         group = [j for j, m in enumerate(margins) if m == margin]
-        for j, result in zip(group, _grow_targets(p, margin, [rngs[j] for j in group])):
-            targets[j] = result
-    distractors: list[list[np.ndarray]] = [[] for _ in rngs]
-    for margin in sorted(set(margins)):
-        group = [j for j, m in enumerate(margins) if m == margin]
-        occ = np.concatenate([targets[j][2][0] for j in group])                     # (g W^2,)
-        near = np.concatenate([targets[j][2][1] for j in group])
-        for j, found in zip(group, _grow_distractors(p, margin, occ, near, [rngs[j] for j in group])):
-            distractors[j] = found
+        grown = _grow_targets(p, t, [np.random.default_rng([data_seed, indices[j], 1]) for j in group])
+        masks = np.stack([x[2] for x in grown])
+        dmasks = np.stack([x[3] for x in grown])
+        found = _grow_distractors(p, t, masks, dmasks, [np.random.default_rng([data_seed, indices[j], 2])
+                                                        for j in group])
+        for j, x, f in zip(group, grown, found):
+            targets[j], distractors[j], attempts[j] = (x[0], x[1]), f, x[4]
     out = []
-    for index, rng, margin, (first, second, _), found in zip(indices, rngs, margins, targets, distractors):
-        pair = (first, second)
-        label, origin = index % 2, int(rng.integers(2))
+    for j, (label, margin, origin) in enumerate(zip(labels, margins, origins)):
+        t = _tables(p, margin)
         terminal = origin if label == 1 else 1 - origin
-        markers = np.stack([pair[origin][0, 0], pair[terminal][-1, 1]])
-        out.append(Example(label=label, margin=margin, targets=pair, distractors=found, markers=markers,
-                           origin=origin, terminal=terminal))
+        pair = targets[j]
+        markers = np.stack([pair[origin][0, :2], pair[terminal][-1, :2]]).astype(float)  # s2:330-331
+        out.append(Example(label=label, margin=margin, targets=tuple(_segments(p, t, c) for c in pair),
+                           distractors=[_segments(p, t, c) for c in distractors[j]], markers=markers,
+                           origin=origin, terminal=terminal, target_paddles=pair,
+                           distractor_paddles=distractors[j], target_attempts=attempts[j]))
     return out
 
 
 def sample_example(p: PathfinderParams, data_seed: int, index: int) -> Example:
-    """The geometry of example ``index``: drawn from ``np.random.default_rng([data_seed, index])``."""
+    """The geometry of example ``index`` (see ``sample_examples``)."""
     return sample_examples(p, data_seed, [index])[0]
 
 
-def _draw(p: PathfinderParams, segments: list[np.ndarray], discs: np.ndarray | None = None) -> np.ndarray:
-    """Anti-aliased strokes (or discs) drawn ``antialias_scale`` times finer, box-downsampled -> (S, S) in [0, 1]."""
-    aa, size = p.antialias_scale, p.image_size
-    canvas = Image.new("L", (size * aa, size * aa), 0)
-    draw = ImageDraw.Draw(canvas)
-    fine = lambda q: ((q[1] + 0.5) * aa - 0.5, (q[0] + 0.5) * aa - 0.5)  # (row, col) -> fine (x, y)
-    width = max(1, round(p.paddle_thickness * aa))
-    for paddles in segments:
-        for start, end in paddles:
-            draw.line([fine(start), fine(end)], fill=255, width=width)
-    if discs is not None:
-        r = p.marker_radius * aa
-        for c in discs:
-            x, y = fine(c)
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
-    # Lanczos, as scipy.misc.imresize(interp='lanczos') did in snakes2; no renormalisation afterwards, so a stroke
-    # narrower than a pixel (Pathfinder-32: half a pixel) stays dim, as it does there
-    return np.asarray(canvas.resize((size, size), Image.Resampling.LANCZOS), np.float32) / 255
+def _draw_paddles(p: PathfinderParams, t: _Tables, contours) -> np.ndarray:
+    """Maximum of the paddles' own canvases pasted at their anchors (clipped): (S, S) uint8."""
+    S, R = p.image_size, t.R
+    layer = np.zeros((S, S), np.uint8)
+    for paddles in contours:
+        for ay, ax, o in np.asarray(paddles).tolist():
+            y0, y1, x0, x1 = max(ay - R, 0), min(ay + R, S - 1), max(ax - R, 0), min(ax + R, S - 1)
+            if y0 > y1 or x0 > x1:
+                continue
+            dst = layer[y0:y1 + 1, x0:x1 + 1]
+            np.maximum(dst, t.P[o][y0 - ay + R:y1 - ay + R + 1, x0 - ax + R:x1 - ax + R + 1], out=dst)
+    return layer
+
+
+def _draw_marker(p: PathfinderParams, centre: np.ndarray) -> np.ndarray:
+    """``draw_circle`` (s2:224-230): a disc around fine pixel (cy aa, cx aa), resized to S: (S, S) uint8."""
+    S, aa = p.image_size, p.antialias_scale
+    cy, cx = int(centre[0]), int(centre[1])
+    y, x = np.ogrid[-cy * aa:(S - cy) * aa, -cx * aa:(S - cx) * aa]
+    fine = np.zeros((S * aa, S * aa))
+    fine[x ** 2 + y ** 2 <= (p.marker_radius * aa) ** 2] = 1
+    return _resize(fine, S)
 
 
 def render_layers(ex: Example, p: PathfinderParams) -> dict[str, np.ndarray]:
-    """The three layers of an image, each (S, S) float32 in [0, 1]: targets, distractors, markers."""
-    return {"targets": _draw(p, list(ex.targets)), "distractors": _draw(p, ex.distractors),
-            "markers": _draw(p, [], discs=ex.markers)}
+    """The three layers of an image, each (S, S) float32 in [0, 1] before contrast: targets, distractors, markers."""
+    t = _tables(p, ex.margin)
+    markers = np.maximum(_draw_marker(p, ex.markers[0]), _draw_marker(p, ex.markers[1]))
+    return {"targets": _draw_paddles(p, t, ex.target_paddles).astype(np.float32) / 255,
+            "distractors": _draw_paddles(p, t, ex.distractor_paddles).astype(np.float32) / 255,
+            "markers": markers.astype(np.float32) / 255}
+
+
+def _contrast(layer: np.ndarray, c: float) -> np.ndarray:
+    v = layer.astype(float) / 255
+    return (v * c if c != 1.0 else v).astype(np.float32)
 
 
 def render(ex: Example, p: PathfinderParams) -> np.ndarray:
-    """The image, (S, S) uint8: contrast-weighted maximum of the layers, divided by its maximum."""
-    layers = render_layers(ex, p)
-    image = np.maximum(np.maximum(layers["targets"] * p.target_contrast, layers["distractors"] * p.distractor_contrast),
-                       layers["markers"])
-    return np.rint(255 * image / image.max()).astype(np.uint8)
+    """The image, (S, S) uint8: maximum of the contrast-scaled paddles and the markers, byte-scaled."""
+    t = _tables(p, ex.margin)
+    image = np.maximum(_contrast(_draw_paddles(p, t, ex.target_paddles), p.target_contrast),
+                       _contrast(_draw_paddles(p, t, ex.distractor_paddles), p.distractor_contrast))
+    markers = np.maximum(_draw_marker(p, ex.markers[0]), _draw_marker(p, ex.markers[1])) / 255
+    return _bytescale(np.maximum(image, markers))

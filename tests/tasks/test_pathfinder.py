@@ -35,16 +35,6 @@ def examples128() -> list[gen.Example]:
     return [gen.sample_example(P128, 0, i) for i in range(4)]
 
 
-def segment_distance(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> float:
-    """Distance between segments ab and cd, by dense sampling (41 points: error < 1/40 of a paddle)."""
-    s = np.linspace(0, 1, 41)[:, None]
-    return float(np.sqrt((((a + s * (b - a))[:, None] - (c + s * (d - c))[None]) ** 2).sum(-1)).min())
-
-
-def contour_distance(x: np.ndarray, y: np.ndarray) -> float:
-    return min(segment_distance(*a, *b) for a in x for b in y)
-
-
 def blobs(mask: np.ndarray) -> list[set[tuple[int, int]]]:
     """8-connected components of a boolean image (BFS)."""
     seen, out = np.zeros_like(mask), []
@@ -101,33 +91,30 @@ def test_lra_settings() -> None:
 
 @pytest.mark.parametrize("which", ["32", "128"])
 def test_contours_follow_the_growth_rules(which: str, examples32, examples128) -> None:
+    # format 4 follows snakes2: pivots are ceil-rounded and heads floor-rounded, so gaps vary by a few pixels, and
+    # contours may touch (the second target seed is never tested; a paddle is not tested against the other
+    # target's latest paddle; the first target's last paddle never enters the mask), as in the reference
     p, examples = (P32, examples32) if which == "32" else (P128, examples128)
     for ex in examples:
         assert ex.margin in p.paddle_margins
-        for contour in (*ex.targets, *ex.distractors):
+        for contour, paddles in zip((*ex.targets, *ex.distractors), (*ex.target_paddles, *ex.distractor_paddles)):
             lengths = np.linalg.norm(contour[:, 1] - contour[:, 0], axis=1)
             assert np.allclose(lengths, p.paddle_length)
             gaps = np.linalg.norm(contour[1:, 0] - contour[:-1, 1], axis=1)
-            # nominal gap 2m; pivots and heads sit on whole pixels, which moves it by at most 0.71 + 0.5
-            assert np.all(gaps >= 2 * ex.margin - 1.25) and np.all(gaps <= 2 * ex.margin + 1.25)
+            assert np.all(gaps >= 2 * ex.margin - 3) and np.all(gaps <= 2 * ex.margin + 3)
             heading = np.arctan2(*(contour[:, 1] - contour[:, 0]).T)
             turn = np.abs((np.diff(heading) + math.pi) % (2 * math.pi) - math.pi)
             assert np.all(p.continuity * turn < math.pi / 2 + 1e-9)  # cos^2(min(c dtheta, pi/2)) is 0 beyond
-            assert np.all((contour >= 0) & (contour <= p.image_size - 1))
+            heads = paddles[1:, :2]      # grown paddles end on an in-image candidate pixel
+            assert np.all((heads >= 0) & (heads < p.image_size))
+            assert np.array_equal(contour[1:, 1], heads)
         assert all(len(t) == p.contour_length for t in ex.targets)
         assert all(len(d) == p.distractor_length for d in ex.distractors)
         assert len(ex.distractors) <= p.n_distractors
-        # no two contours touch: centrelines further apart than a stroke's width
-        contours = [*ex.targets, *ex.distractors]
-        for i in range(len(contours)):
-            for j in range(i + 1, len(contours)):
-                assert contour_distance(contours[i], contours[j]) > p.paddle_thickness
-    assert np.mean([len(ex.distractors) for ex in examples]) >= 0.7 * p.n_distractors
 
 
 def test_markers_sit_on_the_contour_ends_the_label_says(examples32) -> None:
-    for i, ex in enumerate(examples32):
-        assert ex.label == i % 2
+    for ex in examples32:
         on = []
         for marker in ex.markers:  # which target contour ends at this marker, found from the geometry alone
             ends = [k for k, t in enumerate(ex.targets) if min(np.linalg.norm(t[0, 0] - marker),
@@ -137,7 +124,7 @@ def test_markers_sit_on_the_contour_ends_the_label_says(examples32) -> None:
         assert np.allclose(ex.markers[0], ex.targets[on[0]][0, 0])     # origin: the start of its contour
         assert np.allclose(ex.markers[1], ex.targets[on[1]][-1, 1])    # the other: a far end
         assert (on[0] == on[1]) == (ex.label == 1)
-    assert sum(ex.label for ex in examples32) == len(examples32) // 2
+    assert 0 < sum(ex.label for ex in examples32) < len(examples32)   # drawn per image, as in snakes2
 
 
 def test_examples_do_not_depend_on_their_group(examples32, examples128) -> None:
@@ -166,11 +153,11 @@ def test_images_markers_and_connectivity(examples32, examples128) -> None:
                        for c in centres)
             if ex.label == 1:  # the drawn origin contour joins the two markers, across its dash gaps
                 only = gen.Example(ex.label, ex.margin, (ex.targets[ex.origin], ex.targets[ex.origin][:0]), [],
-                                   ex.markers, 0, 0)
+                                   ex.markers, 0, 0, target_paddles=(ex.target_paddles[ex.origin],))
                 lit = np.maximum(gen.render_layers(only, p)["targets"], layers["markers"]) > 0.2
                 src = next(b for b in marks if centres[0] in b)
                 dst = next(b for b in marks if centres[1] in b)
-                assert reachable(lit, src, dst, jump=2 * ex.margin + 1)
+                assert reachable(lit, src, dst, jump=2 * ex.margin + 3)  # gaps: 2m +- 3 (rounding, as snakes2)
 
 
 # ---------------------------------------------------------------- shard cache
@@ -182,13 +169,14 @@ def test_shards_are_deterministic_and_independent_of_workers(tmp_path: Path) -> 
     assert cache.ensure_generated(tmp_path / "b", easy, 20, 3, workers=2, progress=False, chunk_size=8) == 3
     cache.ensure_generated(tmp_path / "c", easy, 20, 4, progress=False, chunk_size=8)
     images, labels = cache.load_generated(tmp_path / "a")
-    assert images.shape == (20, 32, 32) and images.dtype == np.uint8 and labels.tolist() == [i % 2 for i in range(20)]
+    assert images.shape == (20, 32, 32) and images.dtype == np.uint8
+    assert labels.tolist() == [ex.label for ex in gen.sample_examples(easy, 3, range(20))]
     for name in ("images.npy", "labels.npy", *(cache.shard_name(k) for k in range(3))):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert not np.array_equal(images, cache.load_generated(tmp_path / "c")[0])
     assert np.array_equal(images[5], gen.render(gen.sample_example(easy, 3, 5), easy))
     index, label, shard = cache.read_shard(tmp_path / "a" / cache.shard_name(2), 32)
-    assert index.tolist() == list(range(16, 20)) and label.tolist() == [0, 1, 0, 1]
+    assert index.tolist() == list(range(16, 20)) and label.tolist() == labels[16:].tolist()
     assert np.array_equal(shard, images[16:])
     record = json.loads((tmp_path / "a" / "params.json").read_text())
     assert record["format_version"] == gen.FORMAT_VERSION and record["params"]["chunk_size"] == 8
@@ -251,7 +239,7 @@ def test_generated_task_splits_and_input_modes(tmp_path: Path) -> None:
     first = int(expect[1][0])
     assert batch["inputs"].shape == (3, 1024, 1) and batch["inputs"].dtype == torch.float32
     assert torch.equal(batch["inputs"][0, :, 0], torch.from_numpy(images[first].reshape(-1)).float() / 255)
-    assert batch["labels"][0] == first % 2 and batch["lengths"].tolist() == [1024] * 3
+    assert batch["labels"][0] == np.load(Path(info["data_dir"]) / "labels.npy")[first] and batch["lengths"].tolist() == [1024] * 3
     tokens = build_task("pathfinder", tmp_path, **kw, input_mode="tokens", seed=5)
     assert tokens.spec.vocab_size == 257 and tokens.spec.info["data_dir"] == info["data_dir"]
     tb = next(iter(tokens.val))
