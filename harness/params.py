@@ -86,6 +86,9 @@ def main(argv: list[str]) -> int:
     from harness.config import compose_config
 
     import models  # noqa: F401  (registers the layers)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
     # the command line's overrides, as run_suite.py takes them (they outrank every config file)
     match = [a.split("=", 1)[1] for a in argv if a.startswith("--match=")]
     cfg = compose_config([a for a in argv if not a.startswith("--match=")])

@@ -178,5 +178,7 @@ if __name__ == "__main__":
     parser.add_argument("results_dirs", nargs="+", type=Path)
     args = parser.parse_args()
     for folder in args.results_dirs:
+        if not any(records_dir(folder).glob("*.parquet")):  # a mistyped folder: say so, create nothing
+            parser.exit(2, f"error: no records under {folder} (expected {records_dir(folder)}/*.parquet)\n")
         path = consolidate(folder)
         print(f"{path}: {pq.read_metadata(path).num_rows} records")

@@ -230,6 +230,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("results_dirs", nargs="+", type=Path, help="folders holding records/ and/or efficiency/")
     parser.add_argument("--out", type=Path, default=Path("results/REPORT.md"), help="the report's path")
     args = parser.parse_args(argv)
+    empty = [str(d) for d in args.results_dirs
+             if not any(any((Path(d) / sub).glob("*.parquet")) for sub in ("records", "efficiency"))]
+    if empty:  # a mistyped folder would give an empty report that looks like a real one
+        parser.exit(2, f"error: no records under {', '.join(empty)} (expected records/*.parquet or "
+                       f"efficiency/*.parquet)\n")
     path = write_report(args.results_dirs, args.out)
     print(path)
     return path

@@ -186,6 +186,9 @@ def _as_image(x, spec) -> Any:
     return img[..., 0] if img.shape[-1] == 1 else img
 
 
+IMAGE_TASKS = {"image", "scifar", "pathfinder", "pathx"}  # sequences that are square images
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     import matplotlib
     matplotlib.use("Agg")
@@ -195,6 +198,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     from tasks.registry import _TASKS
 
     name, overrides = _expand([args.task])[0], _overrides(args.options)
+    if name not in IMAGE_TASKS:  # said before anything is generated or read (ListOps would generate 1.4 GB first)
+        raise SystemExit(f"render draws image tasks ({', '.join(sorted(IMAGE_TASKS))}); {name} is not one")
     options = task_options(name, overrides)
     accepted = inspect.signature(_TASKS.get(name)).parameters
     reads_release = (data_source(name, args.data_dir, **options) or ("",))[0] == "release"
@@ -250,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"prepare": cmd_prepare, "status": cmd_status, "render": cmd_render}[args.command](args)
-    except (DatasetMissingError, ValueError, OSError) as exc:  # one clear line, no traceback
+    except (DatasetMissingError, ValueError, TypeError, OSError) as exc:  # one clear line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -33,3 +33,30 @@ def test_non_integer_seeds_are_one_clear_line(seeds):
     proc = _dry(seeds)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "error: seeds must be integers, e.g. 'seeds=[0,1,2]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, said", [
+    (["-m", "tasks", "render", "listops", "--n", "4"], "render draws image tasks"),   # refused before generating
+    (["-m", "tasks", "render", "first_token"], "first_token is not one"),
+    (["-m", "harness.report", "{tmp}/typo"], "error: no records under"),
+    (["-m", "harness.records", "consolidate", "{tmp}/typo"], "error: no records under"),
+])
+def test_mistyped_or_unsuitable_targets_are_one_line_and_create_nothing(tmp_path, args, said):
+    proc = _run(*[a.format(tmp=tmp_path) for a in args])
+    assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "typo").exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_params_help_prints_the_usage():
+    proc = _run("-m", "harness.params", "--help")
+    assert proc.returncode == 0 and "python -m harness.params suite=lra --match=lstm" in proc.stdout
+
+
+def test_an_option_a_task_does_not_take_is_one_line(tmp_path):
+    proc = _run("-m", "tasks", "--data-dir", str(tmp_path), "prepare", "listops", "foo=1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:") and "'foo'" in proc.stderr
