@@ -12,7 +12,10 @@ from ``[seed, i]``) and runs three classifier two-sample tests with one small CN
   (c) sensitivity: ours[0:n] vs ours[n:2n] with strokes one pixel thicker (``--thicken``; default ``2x2``: grey
       dilation by a 2x2 square, i.e. every pixel becomes the maximum of itself and its up / left / up-left
       neighbours, so every stroke and marker grows by exactly one pixel in each direction; ``3x3``: a 3x3 max
-      filter, one pixel on each side, i.e. two pixels thicker): a difference that must be detected (~1.00).
+      filter, one pixel on each side, i.e. two pixels thicker): a difference that must be detected (~1.00);
+  (d) optional (``--gen-thickness-delta D``): ours[0:n] vs examples n..2n-1 drawn by our generator with
+      ``paddle_thickness`` + D (0.5: one more pixel of stroke width on the 2x antialias canvas, about half an
+      output pixel), a subtler difference than (c), to show what the test can and cannot see.
 
 Protocol (each test): the two sets are labelled 0 / 1 with the same count per side; a seeded permutation puts
 30% of each side in a held-out set, and 20% of the rest in a validation set (stratified); the CNN (3 stages of
@@ -30,6 +33,7 @@ Writes results/pathfinder/two_sample_<size>_<difficulty>.md (``--out``); prints 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import os
@@ -55,15 +59,19 @@ GROUP = {32: 32, 128: 8}     # images per sample_examples call (shares numpy cal
 
 # ---------------------------------------------------------------- data
 
-def generate_ours(size: int, contour_length: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n images of our generator (LRA settings), example i from [seed, i]: uint8 (n, S, S), labels (n,)."""
+def generate_ours(size: int, contour_length: int, n: int, seed: int, start: int = 0,
+                  thickness_delta: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Examples start..start+n-1 of our generator (LRA settings; paddle thickness + ``thickness_delta``),
+    example i from [seed, i]: uint8 (n, S, S), labels (n,)."""
     p = lra_params(size, contour_length)
+    if thickness_delta:
+        p = dataclasses.replace(p, paddle_thickness=p.paddle_thickness + thickness_delta)
     images = np.empty((n, size, size), np.uint8)
     labels = np.empty(n, np.int64)
     group = GROUP.get(size, 8)
-    for first in range(0, n, group):
-        for i, ex in enumerate(sample_examples(p, seed, range(first, min(first + group, n))), first):
-            images[i], labels[i] = render(ex, p), ex.label
+    for first in range(start, start + n, group):
+        for i, ex in enumerate(sample_examples(p, seed, range(first, min(first + group, start + n))), first):
+            images[i - start], labels[i - start] = render(ex, p), ex.label
     return images, labels
 
 
@@ -208,6 +216,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="images per side")
     ap.add_argument("--seed", type=int, default=0, help="our generator's data seed, the split and training seed")
     ap.add_argument("--thicken", default="2x2", choices=["2x2", "3x3"], help="sensitivity transformation")
+    ap.add_argument("--gen-thickness-delta", type=float, default=0.0,
+                    help="also run (d): ours vs ours generated with paddle_thickness + this (0: skip)")
     ap.add_argument("--max-epochs", type=int, default=40)
     ap.add_argument("--patience", type=int, default=6)
     ap.add_argument("--min-epochs", type=int, default=12, help="never stop before this many epochs")
@@ -249,6 +259,16 @@ def main() -> None:
               ref[:m_cal], ref[m_cal:2 * m_cal]),
              ("c", f"sensitivity: ours vs ours {args.thicken}-dilated", f"ours[0:{args.n}]",
               f"dilate{args.thicken}(ours[{args.n}:{2 * args.n}])", ours[:args.n], thick)]
+    if args.gen_thickness_delta:
+        p0 = lra_params(args.size, contour_length)
+        w0, aa = p0.paddle_thickness, p0.antialias_scale
+        w1 = w0 + args.gen_thickness_delta
+        t = time.perf_counter()
+        gthick, gthick_labels = generate_ours(args.size, contour_length, args.n, args.seed, start=args.n,
+                                              thickness_delta=args.gen_thickness_delta)
+        log(f"generated {args.n} images with paddle_thickness {w1:g} in {time.perf_counter() - t:.1f} s")
+        tests.append(("d", f"sensitivity: ours vs ours generated with paddle_thickness {w1:g} (LRA {w0:g})",
+                      f"ours[0:{args.n}]", f"ours_w{w1:g}[{args.n}:{2 * args.n}]", ours[:args.n], gthick))
     results = []
     for key, name, a_desc, b_desc, a, b in tests:
         log(f"({key}) {name}: {a_desc} vs {b_desc}")
@@ -264,6 +284,9 @@ def main() -> None:
               pixel_stats(ref[m_cal:2 * m_cal], ref_labels[m_cal:2 * m_cal] if ref_labels is not None else None)),
              (f"ours[{args.n}:{2 * args.n}]", pixel_stats(ours[args.n:], ours_labels[args.n:])),
              (f"ours[{args.n}:{2 * args.n}], {args.thicken}-dilated", pixel_stats(thick, ours_labels[args.n:]))]
+    if args.gen_thickness_delta:
+        stats.append((f"ours_w{w1:g}[{args.n}:{2 * args.n}] (generated, paddle_thickness {w1:g})",
+                      pixel_stats(gthick, gthick_labels)))
 
     label = {32: "Pathfinder-32", 128: "Path-X (128)"}[args.size]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -291,7 +314,11 @@ def main() -> None:
               f"- sensitivity transformation: {args.thicken} grey dilation (maximum filter) of the uint8 images"
               + (" (each pixel becomes the max of itself and its up, left and up-left neighbours: strokes and "
                  "markers one pixel thicker)" if args.thicken == "2x2" else
-                 " (3x3 max filter: strokes one pixel thicker on each side)"),
+                 " (3x3 max filter: strokes one pixel thicker on each side)")
+              + (f"; (d) draws the strokes {args.gen_thickness_delta:g} thicker in the generator itself "
+                 f"(`paddle_thickness` {w0:g} -> {w1:g}, i.e. round(w aa) = {round(w0 * aa)} -> {round(w1 * aa)} pixels "
+                 f"on the antialias canvas before the Lanczos downsizing; the margins follow the stroke), "
+                 f"a subtler difference than (c)" if args.gen_thickness_delta else ""),
               f"- wall time: {total_s / 60:.1f} min in all ({torch.get_num_threads()} torch threads)" + cal_note, "",
               "| test | side 0 | side 1 | per side | train / val / held-out | epochs (best) | held-out accuracy "
               "| 95% CI | p (acc > 0.5) | wall |",
@@ -304,7 +331,8 @@ def main() -> None:
     lines += ["", f"Acceptance (held-out accuracy of (a) <= 0.60 with >= 2,000 images per side): "
               f"{'met' if ok and r0['per_side'] >= 2000 else 'NOT met'} ({r0['acc']:.3f}, {r0['per_side']} per side); "
               f"calibration (b) {results[1][4]['acc']:.3f} (expected ~0.50), sensitivity (c) "
-              f"{results[2][4]['acc']:.3f} (expected ~1.00).", "",
+              f"{results[2][4]['acc']:.3f} (expected ~1.00)"
+              + (f", subtler sensitivity (d) {results[3][4]['acc']:.3f}" if len(results) > 3 else "") + ".", "",
               "Validation accuracy per epoch:", ""]
     lines += [f"- ({key}): {', '.join(f'{v:.3f}' for v in r['val_history'])}" for key, _, _, _, r in results]
     lines += ["", "Pixel statistics (over all pixels of the set; values 0..255):", "",
