@@ -36,7 +36,7 @@ from tasks.pathfinder_gen import DIFFICULTIES, FORMAT_VERSION, lra_params  # noq
 
 
 def small_cnn(width: int = 16) -> nn.Module:
-    """(B, 1, 32, 32) -> (B, 2) logits."""
+    """(B, 1, S, S) -> (B, 2) logits (any S divisible by 4; also the two-sample check's classifier)."""
     def stage(c_in: int, c_out: int) -> list[nn.Module]:
         return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
                 nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]

@@ -53,6 +53,9 @@ sys.path.insert(0, str(ROOT))
 from harness.env import device_name, git_commit  # noqa: E402
 from tasks.pathfinder_gen import DIFFICULTIES, FORMAT_VERSION, lra_params, render, sample_examples  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from pathfinder_learnability import small_cnn  # noqa: E402  (one classifier for both Pathfinder benchmarks)
+
 HELD_OUT_FRAC, VAL_FRAC = 0.30, 0.20
 GROUP = {32: 32, 128: 8}     # images per sample_examples call (shares numpy calls only; images do not depend on it)
 
@@ -131,15 +134,6 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------- classifier
-
-def small_cnn(width: int = 16) -> nn.Module:
-    """(B, 1, S, S) -> (B, 2) logits (any S divisible by 4)."""
-    def stage(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
-                nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
-    return nn.Sequential(*stage(1, width), nn.MaxPool2d(2), *stage(width, 2 * width), nn.MaxPool2d(2),
-                         *stage(2 * width, 4 * width), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4 * width, 2))
-
 
 @torch.no_grad()
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:

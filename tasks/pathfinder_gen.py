@@ -140,24 +140,6 @@ def lra_params(image_size: int, contour_length: int) -> PathfinderParams:
                             n_distractors=_DISTRACTOR_BUDGET[image_size] // d, **_LRA[image_size])
 
 
-_LRA = {  # per image size: the LRA wrapper settings (module docstring) and the distractor paddle budget
-    32: dict(paddle_length=2, paddle_thickness=0.5, paddle_margins=(1,), continuity=1.0, seed_distance=7,
-             marker_radius=1.5, antialias_scale=2, padding=1, target_contrast=2 * 0.75, distractor_contrast=2.0),
-    128: dict(paddle_length=5, paddle_thickness=1.5, paddle_margins=(2, 3), continuity=1.8, seed_distance=20,
-              marker_radius=3, antialias_scale=2, padding=1, target_contrast=0.9, distractor_contrast=0.9),
-}
-_DISTRACTOR_BUDGET = {32: 20, 128: 35}
-
-
-def lra_params(image_size: int, contour_length: int) -> PathfinderParams:
-    """The LRA generator settings for a 32 (Pathfinder) or 128 (Path-X) pixel image."""
-    if image_size not in _LRA:
-        raise ValueError(f"no LRA generator settings for image_size {image_size}; known: {', '.join(map(str, _LRA))}")
-    d = max(1, contour_length // 3)
-    return PathfinderParams(image_size=image_size, contour_length=contour_length, distractor_length=d,
-                            n_distractors=_DISTRACTOR_BUDGET[image_size] // d, **_LRA[image_size])
-
-
 @dataclass
 class Example:
     """One image's geometry, in (row, col) pixel coordinates (pixel centres at integers).
