@@ -116,7 +116,12 @@ def test_report_has_every_section(results, tmp_path):
 
 
 def test_report_without_records(tmp_path):
-    out = main([str(tmp_path / "nothing"), "--out", str(tmp_path / "REPORT.md")])
+    """The report renders with no records (published figures only); the command line refuses a folder holding
+    none (a mistyped folder must not give an empty report that looks like a real one)."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "nothing"), "--out", str(tmp_path / "REPORT.md")])
+    assert exc.value.code == 2 and not (tmp_path / "REPORT.md").exists()
+    out = write_report([tmp_path / "nothing"], tmp_path / "REPORT.md")
     md = out.read_text(encoding="utf-8")
     assert "No run records found." in md and "No efficiency records found" in md
     assert "LRA paper (Tay et al., ICLR 2021) Table 2" in md  # the published figures need no records
