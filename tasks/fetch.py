@@ -158,9 +158,16 @@ def _safe_members(tar: tarfile.TarFile, root: Path):
     base = root.resolve()
     for member in tar:
         target = (root / member.name).resolve()
-        if not target.is_relative_to(base) or member.issym() or member.islnk() or member.isdev():
-            raise OSError(f"refusing to unpack {member.name!r}: a link, a device, or a path outside {root}")
+        if not target.is_relative_to(base):
+            raise UnsafeArchive(f"refused: member {member.name!r} would be written outside the folder it unpacks into")
+        if member.issym() or member.islnk() or member.isdev():
+            kind = "a symbolic link" if member.issym() else "a hard link" if member.islnk() else "a device file"
+            raise UnsafeArchive(f"refused: member {member.name!r} is {kind}, which an archive of data never needs")
         yield member
+
+
+class UnsafeArchive(OSError):
+    """An archive member that would escape the unpack folder, or a link or device: refused, nothing unpacked."""
 
 
 def _unpack(file: Path, archive: Archive, data_dir: Path, progress: bool) -> Path:
@@ -168,7 +175,6 @@ def _unpack(file: Path, archive: Archive, data_dir: Path, progress: bool) -> Pat
     from tqdm.auto import tqdm
 
     dest = data_dir / archive.dest
-    _marker(archive, data_dir).unlink(missing_ok=True)
     tmp = dest.with_name(dest.name + ".unpacking")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -176,6 +182,9 @@ def _unpack(file: Path, archive: Archive, data_dir: Path, progress: bool) -> Pat
         with tarfile.open(file) as tar:
             for member in tqdm(_safe_members(tar, tmp), desc=f"unpacking {file.name}", unit=" files", disable=not progress):
                 tar.extract(member, tmp, filter="data")
+    except UnsafeArchive as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UnsafeArchive(f"{file}: {err}. Nothing was unpacked and nothing changed under {dest}") from None
     except (tarfile.TarError, EOFError, OSError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(f"{file}: cannot unpack ({err}); the archive is truncated or corrupt. Nothing was changed "
@@ -183,6 +192,8 @@ def _unpack(file: Path, archive: Archive, data_dir: Path, progress: bool) -> Pat
     if archive.root and not (tmp / archive.root).is_dir():
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(f"{file}: expected a top-level folder {archive.root!r}; this is not {archive.filename}")
+    # only now, with the new tree complete and checked, is the staged one replaced (a failure above leaves it staged)
+    _marker(archive, data_dir).unlink(missing_ok=True)
     if dest.exists():
         shutil.rmtree(dest) if not dest.is_symlink() else dest.unlink()
     tmp.rename(dest)
@@ -222,11 +233,11 @@ def stage_archive_from(archive: Archive, source: str | Path, data_dir: str | Pat
         raise ValueError(f"--from {source}: expected the unpacked {archive.filename} (a folder {archive.root!r}, "
                          f"or its parent)")
     link = archive.target(data_dir)  # <dest>/<root>, or <dest> itself for a flat archive
+    if link.exists() and not link.is_symlink():  # refused before anything is touched: the staged copy stays staged
+        raise FileExistsError(f"{link} already exists (a staged copy); remove it to link {tree} instead")
     _marker(archive, data_dir).unlink(missing_ok=True)
     if link.is_symlink():
         link.unlink()
-    elif link.exists():
-        raise FileExistsError(f"{link} already exists (a staged copy); remove it to link {tree} instead")
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(tree, target_is_directory=True)
     _marker(archive, data_dir).write_text(f"linked {tree}\n")

@@ -64,11 +64,20 @@ def test_truncated_archive_leaves_the_staged_copy_intact(tmp_path):
     with pytest.raises(OSError, match="truncated or corrupt"):
         stage_archive_from(arc, bad, data, progress=False)
     assert (data / "mydata" / "corpus" / "train.tsv").read_bytes() == b"a\tb\n"
+    assert archive_ready(arc, data)  # still staged: a failed re-stage un-stages nothing
+    other = make_tar(tmp_path / "other.tar.gz", {"elsewhere/a.txt": b"x"})   # the wrong archive: refused, kept
+    with pytest.raises(OSError, match="expected a top-level folder"):
+        stage_archive_from(arc, other, data, progress=False)
+    folder = tmp_path / "copy" / "corpus"                                   # a folder over a staged copy: refused
+    folder.mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="already exists"):
+        stage_archive_from(arc, folder, data, progress=False)
+    assert archive_ready(arc, data) and (data / "mydata" / "corpus" / "train.tsv").read_bytes() == b"a\tb\n"
 
 
 def test_unsafe_member_and_wrong_archive_are_refused(tmp_path):
     evil = make_tar(tmp_path / "evil.tar.gz", {"../outside.txt": b"x"})
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="refused: member '../outside.txt' would be written outside"):
         stage_archive_from(archive_for(evil), evil, tmp_path / "data", progress=False)
     assert not (tmp_path / "outside.txt").exists()
     other = make_tar(tmp_path / "other.tar.gz", {"elsewhere/a.txt": b"x"})
