@@ -45,7 +45,7 @@ def main(cfg: DictConfig) -> None:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     print()
-    tasks, models, _ = suite_lists(cfg)
+    tasks, models, _ = suite_lists(cfg, warn=False)  # said once already, by run_suite
     print(format_table_markdown(load_records(cfg.results_dir), tasks=tasks, models=models))
     print()
     for kind, path in paths.items():

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 __all__ = ["CONFIGS", "Run", "check_command_line", "suite_lists", "read_config", "config_exists", "command_line", "recipe_layers", "resolve_run",
            "resolve_run_config", "task_options", "efficiency_layer", "compose_config"]
 
+log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 COMMAND_LINE = "command line"
 RECIPE_KEYS = ("base", "all_tasks", "per_task", "comparison")
@@ -136,10 +138,16 @@ def _group_choice(cfg: DictConfig, group: str, default: str) -> str:
     return str(choice or default)
 
 
-def _parsed(overrides: list[str]) -> list:
+def _parsed(overrides: list[str]) -> tuple:
+    return _parse(tuple(overrides)) if overrides else ()
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(overrides: tuple[str, ...]) -> tuple:
+    """Hydra's own parse of a command line, once per distinct command line (a suite resolves many runs from one)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    return OverridesParser.create().parse_overrides(overrides) if overrides else []
+    return tuple(OverridesParser.create().parse_overrides(list(overrides)))
 
 
 def _cli_deleted(cfg: DictConfig) -> list[str]:
@@ -162,8 +170,8 @@ def _without(tree: Any, prefix: str, deleted: list[str]) -> Any:
 
 def _cli_keys(cfg: DictConfig) -> list[tuple[str, str]]:
     """(dotted key, the override as typed) of every value the command line set, in command-line order."""
-    out = []
-    for override, text in zip(_parsed(command_line(cfg)), command_line(cfg)):
+    out, typed = [], command_line(cfg)
+    for override, text in zip(_parsed(typed), typed):
         key = override.key_or_group
         if override.is_delete() or (key in GROUPS and isinstance(override.value(), str)):
             continue
@@ -179,14 +187,11 @@ def _split_block(block: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "deviations" in block:  # a recipe's kept differences from its source, copied into the record's task info
         out["deviations"] = list(block.pop("deviations") or [])
-    if block.get("task"):
-        out["task"] = {"options": block.pop("task")}
-    else:
-        block.pop("task", None)
-    if block.get("train"):
-        out["train"] = block.pop("train")
-    else:
-        block.pop("train", None)
+    task, train = block.pop("task", None), block.pop("train", None)
+    if task:
+        out["task"] = {"options": task}
+    if train:
+        out["train"] = train
     if block:
         out["model"] = block
     return out
@@ -211,7 +216,6 @@ def recipe_layers(recipe: str | None, task: str, model: str, _seen: tuple[str, .
         return []
     name = f"configs/recipes/{recipe}/{model}.yaml"
     raw = read_config(f"recipes/{recipe}/{model}")
-    raw.pop("source", None)  # the recipe's upstream citation (file and commit), documentation only
     unknown = sorted(set(raw) - set(RECIPE_KEYS))
     if unknown:
         raise KeyError(f"{name}: unknown key(s) {', '.join(unknown)}; a recipe file has {', '.join(RECIPE_KEYS)}")
@@ -361,33 +365,22 @@ def _command_line_values(cfg: DictConfig, files: dict[str, Any]) -> list[tuple[s
     return out
 
 
-def suite_lists(cfg: DictConfig) -> tuple[list[str], list[str], list[int]]:
+def suite_lists(cfg: DictConfig, warn: bool = True) -> tuple[list[str], list[str], list[int]]:
     """The suite's ``tasks``, ``models`` and ``seeds`` as lists: a bare name (``models=lstm``) is a one-element list
-    (not one model per character), a repeated entry is dropped (logged once), seeds must be integers."""
-    import logging
-
+    (not one model per character), a repeated entry is dropped (logged once, with ``warn``), seeds must be integers."""
     out: list[list] = []
     for key in ("tasks", "models", "seeds"):
         value = cfg.get(key)
-        if value is None:
-            value = []
-        elif isinstance(value, (str, int)):
-            value = [value]
-        else:
-            value = list(value)
+        value = [] if value is None else [value] if isinstance(value, (str, int)) else list(value)
         if key == "seeds":
-            try:
-                value = [int(v) for v in value if not isinstance(v, bool)] if all(
-                    isinstance(v, int) or str(v).lstrip("-").isdigit() for v in value) else None
-            except (TypeError, ValueError):
-                value = None
-            if value is None:
+            if not all(isinstance(v, int) and not isinstance(v, bool) or str(v).lstrip("-").isdigit() for v in value):
                 raise ValueError(f"seeds must be integers, e.g. 'seeds=[0,1,2]'; got {cfg.get(key)!r}")
+            value = [int(v) for v in value]
         else:
             value = [str(v) for v in value]
         repeated = sorted({str(v) for v in value if value.count(v) > 1})
-        if repeated:
-            logging.getLogger(__name__).warning("%s: %s repeated; each runs once", key, ", ".join(repeated))
+        if repeated and warn:
+            log.warning("%s: %s repeated; each runs once", key, ", ".join(repeated))
         out.append(list(dict.fromkeys(value)))
     return out[0], out[1], out[2]
 
@@ -402,15 +395,16 @@ def check_command_line(cfg: DictConfig) -> list[str]:
     from tasks.registry import list_tasks
 
     warnings = []
+    suite_tasks, suite_models, _ = suite_lists(cfg, warn=False)
     for key, text in _cli_keys(cfg):
         head, *rest = key.split(".")
         if head not in ("model_overrides", "task_overrides"):
             continue
         names = list(rest[:1]) if rest else list((_select(cfg, key) or {}).keys())
         if head == "model_overrides":
-            registered, in_suite, kind = list_layers(), suite_lists(cfg)[1], "models"
+            registered, in_suite, kind = list_layers(), suite_models, "models"
         else:
-            registered, in_suite, kind = list_tasks(), suite_lists(cfg)[0], "tasks"
+            registered, in_suite, kind = list_tasks(), suite_tasks, "tasks"
         for name in names:
             if name not in registered:
                 raise ValueError(f"command line {text!r} sets {head}.{name}, but there is no such {kind[:-1]}; "

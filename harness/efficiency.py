@@ -319,6 +319,7 @@ def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | 
         bar = tqdm(total=len(cells), desc=f"efficiency ({dev.type})", unit="cell")
     fields = {f.name for f in dataclasses.fields(EfficiencyRecord)}
     records, stopped, t_start = [], {}, time.perf_counter()
+    resolved: dict[str, dict[str, Any] | str] = {}  # model -> its cell settings, or the error resolving them
     before = _measured_before(results_dir, cfg, base["device_name"]) if resume else {}
     for model, length in cells:
         if bar is not None:
@@ -335,12 +336,15 @@ def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | 
         elif model in stopped:
             result = {"status": f"skipped: {stopped[model]}"}
         else:
-            try:
-                settings = cell_settings(model, cfg, suite_cfg)
-            except Exception as exc:  # noqa: BLE001 - a model whose config cannot be resolved: its cells say why
-                result = {"status": f"error: {type(exc).__name__}: {exc}"[:2000]}
+            if model not in resolved:  # once per model: its settings do not depend on the length
+                try:
+                    resolved[model] = cell_settings(model, cfg, suite_cfg)
+                except Exception as exc:  # noqa: BLE001 - a model whose config cannot be resolved: its cells say why
+                    resolved[model] = f"error: {type(exc).__name__}: {exc}"[:2000]
+            if isinstance(resolved[model], str):
+                result = {"status": resolved[model]}
             else:
-                result = _run_child(model, length, cfg, settings, timeout_s)
+                result = _run_child(model, length, cfg, resolved[model], timeout_s)
             if result["status"] in ("oom", "over_budget"):
                 stopped[model] = f"{result['status']} at L={length}"
         settings = result.pop("settings", None)

@@ -234,7 +234,7 @@ def efficiency_settings(cfg: DictConfig) -> tuple[EfficiencyConfig | None, list[
         raise TypeError(f"unknown efficiency option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")
     block.setdefault("device", str(cfg.device))
     eff = EfficiencyConfig(**block)
-    models = list(eff.models or suite_lists(cfg)[1])
+    models = list(eff.models or suite_lists(cfg, warn=False)[1])
     unknown = sorted(set(models) - set(list_layers()))
     if unknown:
         raise KeyError(f"efficiency: unknown model(s) {', '.join(unknown)}; known: {', '.join(list_layers())}")

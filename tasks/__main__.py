@@ -121,10 +121,7 @@ def _next_source(name: str, data_dir: Path) -> str | None:
     """"next run: release|generated - why" for a task that can generate or read its release, with the task file's
     options (configs/task/<name>.yaml; a suite's task_overrides may differ); None for other tasks."""
     from tasks import data_source
-    from tasks.registry import _SOURCES
 
-    if name not in _SOURCES:
-        return None
     try:
         planned = data_source(name, data_dir, **task_options(name))
     except (ValueError, TypeError, KeyError) as exc:

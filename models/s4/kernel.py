@@ -38,10 +38,8 @@ def _cparam(t: torch.Tensor) -> nn.Parameter:
 
 
 def _ssm_param(module: nn.Module, name: str, value: torch.Tensor, lr: float | None) -> None:
-    p = value if isinstance(value, nn.Parameter) else nn.Parameter(value)
-    if lr is not None:
-        p._optim = {"lr": lr, "weight_decay": 0.0}
-    module.register_parameter(name, p)
+    """An SSM parameter: its own lr and no weight decay (no hint at all when lr is None)."""
+    _hinted_param(module, name, value, lr, None if lr is None else 0.0)
 
 
 def _hinted_param(module: nn.Module, name: str, value: torch.Tensor, lr: float | None,

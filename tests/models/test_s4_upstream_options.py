@@ -6,6 +6,7 @@ import torch
 from harness.optim import param_groups
 from models.registry import build_layer
 from models.s4.hippo import nplr_legs
+from steps import stepped  # tests/models/steps.py (its folder is on sys.path under pytest)
 
 SHARED = {"s4": ("log_neg_re", "im", "P", "B"), "s4d": ("log_neg_re", "im", "B")}
 C128 = torch.complex128
@@ -64,13 +65,7 @@ def test_n_ssm_dense_ssm_and_step_equal_convolution(name):
     assert torch.equal(a[0], a[2]) and torch.equal(a[1], a[3])  # channel h uses copy h % 2
     assert (a[0] - a[1]).abs().max() > 1e-3
     x = torch.randn(2, 40, h)
-    y = layer(x)
-    state = layer.default_state(2)
-    steps = []
-    for t in range(40):
-        y_t, state = layer.step(x[:, t], state)
-        steps.append(y_t)
-    torch.testing.assert_close(torch.stack(steps, 1), y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stepped(layer, x), layer(x), atol=1e-5, rtol=1e-5)
 
 
 def test_n_ssm_must_divide_d_model():

@@ -15,6 +15,7 @@ from harness.optim import param_groups
 from models.backbone import TiedDropout
 from models.registry import build_layer
 from models.s5 import ACTIVATIONS, _trunc_normal
+from steps import stepped  # tests/models/steps.py (its folder is on sys.path under pytest)
 
 SSM_LR, LR, WD = 0.002, 0.01, 0.05
 
@@ -135,11 +136,7 @@ def test_clip_eigs_gradient_is_zero_where_the_clip_is_active():
 def test_step_mode_equals_forward_with_clip_eigs(kw):
     layer = _clip_pair(d_model=8, **kw)[0].eval()        # clip_eigs, with Re Λ > 0 on some states
     x = torch.randn(2, 50, 8)
-    y, state, steps = layer(x), layer.default_state(2), []
-    for t in range(50):
-        y_t, state = layer.step(x[:, t], state)
-        steps.append(y_t)
-    torch.testing.assert_close(torch.stack(steps, 1), y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stepped(layer, x), layer(x), atol=1e-5, rtol=1e-5)
     assert layer.clip_eigs
 
 
