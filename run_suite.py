@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from harness.config import suite_lists  # noqa: E402
-from harness.suite import plan_runs, run_suite  # noqa: E402
+from harness.suite import RecordsNotWritten, SuiteError, plan_runs, run_suite  # noqa: E402
 from harness.tables import format_table_markdown  # noqa: E402
 from harness.records import load_records  # noqa: E402
 
@@ -41,7 +42,14 @@ def main(cfg: DictConfig) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     if cfg.get("dry_run"):
         return dry_run(cfg)
-    records, paths = run_suite(cfg)
+    try:
+        records, paths = run_suite(cfg)
+    except SuiteError as exc:  # refused before anything ran: one line
+        _fail(f"error: {exc}", 2)
+    except RecordsNotWritten as exc:  # trained, but not stored: print them, so that nothing is lost
+        for rec in exc.records:
+            print(json.dumps(dataclasses.asdict(rec), sort_keys=True, default=str), flush=True)
+        _fail(f"error: {exc}", 3)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     print()
@@ -58,6 +66,13 @@ def main(cfg: DictConfig) -> None:
             raise RuntimeError(message)
         print(message, file=sys.stderr)
         sys.exit(1)
+
+
+def _fail(message: str, code: int) -> None:
+    print(message, file=sys.stderr)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # an exception fails this job; SystemExit would end the sweep
+        raise RuntimeError(message)
+    sys.exit(code)
 
 
 def dry_run(cfg: DictConfig) -> None:

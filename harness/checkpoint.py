@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -108,9 +109,12 @@ class Checkpointer:
 
         try:
             write_atomic(self.path, dump)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
+            if not _is_write_failure(exc):
+                raise
             self.failed_saves += 1
-            log.warning("checkpoint %s not written (%s); the previous one is kept and training goes on", self.path, exc)
+            log.warning("checkpoint %s not written (%s%s); the previous one is kept and training goes on", self.path,
+                        exc, _free_space(self.path.parent))
             return False
         return True
 
@@ -133,6 +137,19 @@ class Checkpointer:
         """Delete temporaries a kill inside a save left behind (call while holding the run's lock)."""
         for stray in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             stray.unlink(missing_ok=True)
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """An OSError, or the RuntimeError torch's zip writer raises when the file system refuses its bytes (a full disk
+    gives ``[enforce fail at inline_container.cc:...] unexpected pos ...`` or ``file write failed``), not a bug."""
+    return isinstance(exc, OSError) or "inline_container" in str(exc) or "file write failed" in str(exc)
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"; {shutil.disk_usage(folder).free / 2**20:.1f} MiB free under {folder}"
+    except OSError:
+        return ""
 
 
 def _pid_alive(pid: int) -> bool:

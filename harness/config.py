@@ -497,7 +497,37 @@ def resolve_run(cfg: DictConfig, task: str, model: str, seed: int = 0, *, causal
         where = "; ".join(f"{b!r} from {sources.get('train.' + b, '?')}" for b in bad)
         raise TypeError(f"unknown train option(s) {', '.join(map(repr, bad))}; accepted: "
                         f"{', '.join(f.name for f in fields(TrainConfig))} ({where})")
+    _check_values(config, sources)
     return Run(task=task, model=model, seed=int(seed), config=config, sources=dict(sorted(sources.items())))
+
+
+def _check_values(config: dict[str, Any], sources: dict[str, str]) -> None:
+    """Refuse, before anything runs, a value of the wrong type (``train.grad_clip=abc``, an empty ``train.max_steps=``,
+    ``length=abc``) or a size that trains or selects nothing (``train.epochs=-1``, ``backbone.n_layers=0``): the
+    message names the option, the value and the file or command line that set it."""
+    from harness.registry import check_types
+    from harness.train import TrainConfig
+    from models.backbone import BackboneConfig
+    from models.registry import layer_factory
+    from tasks.registry import _TASKS
+
+    model = config["model"]
+    checks = [("task.options", lambda: check_types(_TASKS.get(config["task"]["name"]), config["task"]["options"],
+                                                  f"task {config['task']['name']!r} option ")),
+              ("model.hparams", lambda: check_types(layer_factory(model["name"]), model.get("hparams") or {},
+                                                    f"layer {model['name']!r} option ")),
+              ("model.backbone", lambda: BackboneConfig(**(model.get("backbone") or {}))),
+              ("train", lambda: TrainConfig(**config["train"]))]
+    for block, check in checks:
+        try:
+            check()
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            if " must be " not in message:  # a misspelt name or an unknown choice: the builder's own check says it
+                continue                     # when the run starts, with the accepted names
+            name = message.split(" must be ")[0].rsplit(" ", 1)[-1].rsplit(".", 1)[-1]
+            where = sources.get(f"{block}.{name}")
+            raise type(exc)(message + (f" (set by {where})" if where else "")) from None
 
 
 def resolve_run_config(cfg: DictConfig, task: str, model: str, seed: int = 0) -> dict[str, Any]:

@@ -47,6 +47,8 @@ class RunRecord:
     final_train_loss: float | None = None
     resumed_from_step: int | None = None       # the step of the checkpoint this run last resumed from
     world_size: int | None = None              # data-parallel processes (torchrun); 1 otherwise
+    stopped_by: str = ""                       # "schedule" (its epochs / max_steps ran out) | "time_budget" (cut short
+                                               # by time_budget_s: steps depend on the machine's speed) | "diverged"
     kernel_backend: str = ""                   # kernels chosen automatically (S4 family), else "n/a"
     comparison: str = ""                       # parameter rule of the recipe: "apples-to-apples" | "free-for-all" | ""
     device: str = ""                           # "cpu" | "cuda"

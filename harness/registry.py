@@ -5,6 +5,8 @@ Unknown or duplicate names raise with the list of known names; a misspelt option
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from typing import Any, Callable, Generic, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,6 +39,7 @@ class Registry(Generic[F]):
         """Call the factory with its fixed arguments and the user's options, checking the option names first."""
         fn = self.get(name)
         check_kwargs(fn, options, what=f"{self.kind} {name!r}", skip=tuple(fixed))
+        check_types(fn, options, what=f"{self.kind} {name!r} option ")
         return fn(**fixed, **options)
 
 
@@ -49,3 +52,51 @@ def check_kwargs(fn: Callable, kw: dict, what: str, skip: tuple[str, ...] = ()) 
     bad = sorted(set(kw) - set(accepted))
     if bad:
         raise TypeError(f"{what} got unknown option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")
+
+
+def _accepts(tp: Any, value: Any) -> bool:
+    """Whether ``value`` fits the annotation ``tp`` (int, float, bool, str, None, unions, Literal, list/tuple/dict);
+    an annotation this does not know accepts anything (the builder judges)."""
+    origin = typing.get_origin(tp)
+    if tp is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp in (list, tuple) or origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if tp is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(tp))
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def check_types(fn: Callable | type, kw: dict, what: str) -> None:
+    """Raise a TypeError naming the option (``what`` + its name, e.g. ``train.`` + ``grad_clip``), the expected type
+    and the value when a value of ``kw`` does not fit the annotation of ``fn``'s parameter (or dataclass field) of that
+    name, e.g. ``grad_clip='abc'`` for a float: said
+    before anything runs, instead of a TypeError deep inside training that names no option."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - annotations that cannot be evaluated are not checked here
+        return
+    for name, value in kw.items():
+        if name in hints and not _accepts(hints[name], value):
+            raise TypeError(f"{what}{name} must be {_describe(hints[name])}, got {value!r} ({type(value).__name__})")

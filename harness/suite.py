@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 import traceback
 from dataclasses import fields, replace
 from pathlib import Path
@@ -20,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 import models  # noqa: F401  (registers the layers)
 import tasks  # noqa: F401  (registers the tasks)
 from harness.checkpoint import Checkpointer, RunLock
-from harness.config import check_command_line, resolve_run, resolve_run_config, suite_lists
+from harness.config import COMMAND_LINE, check_command_line, resolve_run, resolve_run_config, suite_lists
 from harness.distributed import barrier, broadcast, init_from_env, is_main, local_device, rank_world, shutdown
 from harness.efficiency import EfficiencyConfig, run_efficiency
 from harness.env import device_name, git_commit, resolve_device
 from harness.measure import is_oom
-from harness.records import RunRecord, config_hash, load_records, write_record
+from harness.records import RunRecord, config_hash, load_records, records_dir, write_atomic, write_record
 from harness.report import write_report
 from harness.tables import write_tables
 from harness.train import TrainConfig, fit
@@ -163,9 +164,87 @@ def plan_runs(cfg: DictConfig) -> list[dict[str, Any]]:
     return plans
 
 
+class SuiteError(Exception):
+    """The suite cannot start as asked (a bad command-line value, an unwritable results folder): nothing ran."""
+
+
+class RecordsNotWritten(OSError):
+    """Runs finished but their records could not be stored (a full disk, ``records/`` not a folder): ``records``
+    holds them, to be printed so that nothing is lost."""
+
+    def __init__(self, records: list[RunRecord], results_dir: Path):
+        self.records = records
+        super().__init__(f"{len(records)} record(s) could not be written under {records_dir(results_dir)}; "
+                         f"they follow as JSON lines on standard output")
+
+
+def _check_results_dir(results_dir: Path) -> None:
+    """Refuse a results folder that cannot be created or written (``results_dir=/proc/x``) before anything runs."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(results_dir / ".write-test", "")
+        (results_dir / ".write-test").unlink()
+    except OSError as exc:
+        raise SuiteError(f"results_dir={results_dir} cannot be written ({exc.strerror or exc}); "
+                         f"give a folder you can write") from None
+
+
+def _check_plans(cfg: DictConfig) -> None:
+    """Resolve every run before any trains: a value set on the command line that no run can take (``train.epochs=-1``,
+    ``train.grad_clip=abc``) refuses the suite; any other unresolvable run is said now and recorded as an error."""
+    try:
+        plans = plan_runs(cfg)
+    except ValueError as exc:  # a command-line override naming no registered task or model
+        raise SuiteError(str(exc)) from None
+    for plan in plans:
+        if "error" not in plan:
+            continue
+        if f"set by {COMMAND_LINE}" in plan["error"]:
+            raise SuiteError(plan["error"].split(": ", 1)[1])
+        log.error("%s / %s / seed %d cannot run: %s. It will be recorded as an error.", plan["task"], plan["model"],
+                  plan["seed"], plan["error"])
+
+
+class _RecordStore:
+    """Writes records as they come; one that cannot be written (full disk) is kept in memory, retried with every
+    later write and once more at the end, and handed back by ``unwritten``."""
+
+    def __init__(self, results_dir: Path, retries: int = 3, wait_s: float = 1.0):
+        self.results_dir, self.retries, self.wait_s = results_dir, retries, wait_s
+        self.pending: list[RunRecord] = []
+
+    def add(self, rec: RunRecord) -> Path | None:
+        """Store ``rec`` (and any earlier record still pending); the path written, or None when it is pending."""
+        self.pending.append(rec)
+        written = self.flush()
+        return written.get(id(rec))
+
+    def flush(self) -> dict[int, Path]:
+        written = {}
+        for rec in list(self.pending):
+            for attempt in range(self.retries):
+                try:
+                    written[id(rec)] = write_record(rec, self.results_dir)
+                    self.pending.remove(rec)
+                    break
+                except OSError as exc:
+                    if attempt + 1 < self.retries:
+                        time.sleep(self.wait_s * 2 ** attempt)
+                        continue
+                    log.error("record of %s / %s / seed %d NOT written (%s); kept in memory, retried with the next "
+                              "record and at the end, printed as JSON if it still cannot be written",
+                              rec.task, rec.model, rec.seed, exc)
+        return written
+
+
 def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     """Run every (task, model, seed) of the suite, storing each record as soon as it exists; then write the tables,
-    run the suite's efficiency sweep if it has one, and write its REPORT.md (tables, plots) from the stored records."""
+    run the suite's efficiency sweep if it has one, and write its REPORT.md (tables, plots) from the stored records.
+
+    Raises:
+        SuiteError: before anything runs, for a command-line value no run can take or an unwritable results folder.
+        RecordsNotWritten: at the end, when some records could not be stored (they are in the exception).
+    """
     results_dir = Path(cfg.results_dir)
     tasks_, models_, seeds_ = suite_lists(cfg)  # bare names as lists, repeats dropped, integer seeds
     combos = [(t, m, s) for t in tasks_ for m in models_ for s in seeds_]
@@ -175,8 +254,10 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
             if name not in known:  # said at once, not only after hours of other runs
                 log.error("unknown %s %r; known: %s. Its runs will be recorded as errors.", group, name, ", ".join(known))
     eff_cfg, eff_models = efficiency_settings(cfg)  # a misspelt efficiency key fails before hours of training
-    for warning in check_command_line(cfg):  # and so does a misspelt name in a command-line override
-        log.warning(warning)
+    _check_plans(cfg)  # and so do a misspelt name or a nonsense value on the command line
+    if is_main():
+        _check_results_dir(results_dir)
+    store = _RecordStore(results_dir)
     distributed = init_from_env(str(cfg.device))
     if not is_main():
         logging.getLogger().setLevel(logging.WARNING)
@@ -193,11 +274,12 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
                         i, len(combos), task, model, seed, why)
             continue
         log.info("[%d/%d] %s / %s / seed %d", i, len(combos), task, model, seed)
+        path = None
         try:
             rec = run_one(cfg, task, model, seed, results_dir)
             if is_main():
-                path = write_record(rec, results_dir)
-                if rec.status in FINISHED:
+                path = store.add(rec)
+                if path is not None and rec.status in FINISHED:  # an unwritten record keeps its checkpoint
                     checkpoint_path(results_dir, task, model, seed).unlink(missing_ok=True)
         finally:
             if lock is not None:
@@ -206,19 +288,28 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
         records.append(rec)
         log.info("[%d/%d] %s / %s / seed %d: %s%s  (%s)", i, len(combos), task, model, seed, rec.status.splitlines()[0][:300],
                  f", test acc {rec.test_acc:.4f}, {rec.wall_s:.0f} s" if rec.test_acc is not None else "",
-                 path.name if is_main() else "")
+                 path.name if path is not None else "record NOT written" if is_main() else "")
     main = is_main()
     if distributed:
         shutdown()
     if not main:  # tables, efficiency and report: rank 0's alone
         return records, {}
-    paths = write_tables(results_dir)
-    if eff_cfg is not None:
-        log.info("efficiency: %d models x lengths %s", len(eff_models), list(eff_cfg.lengths))
-        run_efficiency(eff_cfg, eff_models, results_dir, suite=str(cfg.suite_name),
-                       progress=bool(cfg.train.get("progress", True)), resume=bool(cfg.get("resume", True)),
-                       suite_cfg=cfg)
-    paths["report"] = write_report([results_dir], out=results_dir / "REPORT.md")
+    store.flush()
+    paths: dict[str, Path] = {}
+    try:
+        paths = write_tables(results_dir)
+        if eff_cfg is not None:
+            log.info("efficiency: %d models x lengths %s", len(eff_models), list(eff_cfg.lengths))
+            run_efficiency(eff_cfg, eff_models, results_dir, suite=str(cfg.suite_name),
+                           progress=bool(cfg.train.get("progress", True)), resume=bool(cfg.get("resume", True)),
+                           suite_cfg=cfg)
+        paths["report"] = write_report([results_dir], out=results_dir / "REPORT.md")
+    except OSError as exc:
+        if not store.pending:
+            raise
+        log.error("tables and report not written (%s)", exc)  # the records come first
+    if store.pending:
+        raise RecordsNotWritten(store.pending, results_dir)
     return records, paths
 
 
@@ -241,4 +332,4 @@ def efficiency_settings(cfg: DictConfig) -> tuple[EfficiencyConfig | None, list[
     return eff, models
 
 
-__all__ = ["checkpoint_path", "efficiency_settings", "plan_runs", "resolve_run_config", "run_hash", "run_one", "run_suite"]
+__all__ = ["RecordsNotWritten", "SuiteError", "checkpoint_path", "efficiency_settings", "plan_runs", "resolve_run_config", "run_hash", "run_one", "run_suite"]

@@ -40,12 +40,14 @@ TASK_TITLES = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "
 STD_DDOF = 1          # sample std over seeds: with 3-5 seeds, ddof=0 would understate the spread
 MAX_REWRITES = 10     # write_tables, write_report: regenerations while records keep arriving (later writers go on)
 FAIL_AS_PCT = 50.0    # a published "fail" (Path-X) in the published average: chance, the S4 paper's convention
-LONG_COLUMNS = ["model", "task", "n_seeds", "n_runs", "mean_acc_pct", "std_acc_pct", "status", "chance_acc_pct",
-                "published_acc_pct", "published_status", "published_source"]
+LONG_COLUMNS = ["model", "task", "n_seeds", "n_runs", "mean_acc_pct", "std_acc_pct", "status", "n_time_cut",
+                "chance_acc_pct", "published_acc_pct", "published_status", "published_source"]
 _NOTE_PARTIAL = "\\* averaged over the tasks this row has; missing or failed tasks are left out, not counted as chance."
 _NOTE_SOME_FAILED = "(k/n): only k of the n seeds finished ok; the others' statuses are in accuracy.csv."
 _NOTE_NC = ("†, n/c: these runs did not use the published benchmark's configuration (see each record's task_info); "
             "published numbers are not comparable and are not shown.")
+_NOTE_TIME = ("⏱: time_budget_s cut training short (⏱k: in k of the cell's seeds), so how many steps ran depends on the "
+              "machine's speed (each record's steps and stopped_by say).")
 _NOTE_FAIL = f"fail: the paper reports no better than chance; counted as {FAIL_AS_PCT:g} in the published average."
 
 
@@ -132,13 +134,14 @@ def accuracy_long(records: pd.DataFrame, tasks: list[str] | None = None, models:
                 "mean_acc_pct": acc.mean() if len(acc) else float("nan"),
                 "std_acc_pct": acc.std(ddof=STD_DDOF) if len(acc) > 1 else float("nan"),
                 "status": "/".join(_order(kinds, ["ok"])), "n_runs": len(runs),
+                "n_time_cut": int(((kinds == "ok") & (runs.get("stopped_by", "") == "time_budget")).sum()),
                 "chance_acc_pct": chance.get(task, float("nan")),
                 "published_acc_pct": p["acc_pct"].iloc[0] if len(p) and comparable else float("nan"),
                 "published_status": (p["status"].iloc[0] if comparable else "not comparable") if len(p) else "",
                 "published_source": p["source"].iloc[0] if len(p) else "",
             })
     out = pd.DataFrame(rows, columns=LONG_COLUMNS)
-    return out.astype({"n_seeds": "int64", "n_runs": "int64"})
+    return out.astype({"n_seeds": "int64", "n_runs": "int64", "n_time_cut": "int64"})
 
 
 def _fmt_avg(values: list[float], n_expected: int, notes: set[str]) -> str:
@@ -156,6 +159,9 @@ def _our_cell(r: pd.Series, notes: set[str]) -> tuple[str, float | None]:
     cell = f"{r['mean_acc_pct']:.2f}"
     if r["n_seeds"] > 1:
         cell += f" ± {r['std_acc_pct']:.2f}"
+    if r["n_time_cut"]:
+        notes.add(_NOTE_TIME)
+        cell += " ⏱" if r["n_time_cut"] == r["n_seeds"] else f" ⏱{r['n_time_cut']}"
     if r["n_seeds"] < r["n_runs"]:
         notes.add(_NOTE_SOME_FAILED)
         return cell + f" ({r['n_seeds']}/{r['n_runs']})", r["mean_acc_pct"]
@@ -217,7 +223,7 @@ def accuracy_table(records: pd.DataFrame, tasks: list[str] | None = None, models
         rows["chance"].append(_fmt_avg(vals, len(tasks), notes))
     table = pd.DataFrame.from_dict(rows, orient="index", columns=tasks + ["avg"])
     table.index.name = "model"
-    table.attrs["footnotes"] = [n for n in (_NOTE_NC, _NOTE_PARTIAL, _NOTE_SOME_FAILED, _NOTE_FAIL) if n in notes]
+    table.attrs["footnotes"] = [n for n in (_NOTE_NC, _NOTE_PARTIAL, _NOTE_SOME_FAILED, _NOTE_TIME, _NOTE_FAIL) if n in notes]
     table.attrs["non_benchmark"] = sorted(non_bench & set(tasks))
     return table
 

@@ -30,6 +30,7 @@ from harness.env import device_name, git_commit, resolve_device
 from harness.measure import PeakMemory, StepTimer
 from harness.optim import cosine_with_warmup, param_groups
 from harness.records import RunRecord
+from harness.registry import check_types
 from tasks.registry import Task
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,8 +57,30 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        """Refuse a value of the wrong type or a size that trains or selects nothing (``epochs=-1``, ``max_steps=0``,
+        ``eval_max_batches=0``), naming the option: such a run would otherwise be recorded as ``ok``."""
+        check_types(TrainConfig, vars(self), what="train.")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        rules = [("epochs", self.epochs > 0 and math.isfinite(self.epochs), "a number > 0"),
+                 ("max_steps", self.max_steps is None or self.max_steps >= 1, "an integer >= 1 or null"),
+                 ("time_budget_s", self.time_budget_s is None or self.time_budget_s > 0, "a number > 0 or null"),
+                 ("lr", self.lr > 0 and math.isfinite(self.lr), "a number > 0"),
+                 ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
+                 ("warmup_steps", self.warmup_steps >= 0, "an integer >= 0"),
+                 ("warmup_frac", 0 <= self.warmup_frac < 1, "a number in [0, 1)"),
+                 ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
+                 ("grad_clip", self.grad_clip >= 0, "a number >= 0 (0: no clipping)"),
+                 ("measure_warmup_steps", self.measure_warmup_steps >= 0, "an integer >= 0"),
+                 ("eval_max_batches", self.eval_max_batches is None or self.eval_max_batches >= 1,
+                  "an integer >= 1 or null (the whole split)"),
+                 ("checkpoint_every_steps", self.checkpoint_every_steps is None or self.checkpoint_every_steps >= 1,
+                  "an integer >= 1 or null"),
+                 ("checkpoint_every_s", self.checkpoint_every_s is None or self.checkpoint_every_s > 0,
+                  "a number > 0 or null")]
+        for name, ok, want in rules:
+            if not ok:
+                raise ValueError(f"train.{name} must be {want}, got {getattr(self, name)!r}")
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -154,6 +177,10 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
     def eval_loader(loader: Any) -> Any:
         return loader_with(loader, shard_batches(len(loader.dataset), loader.batch_size, rank, world))
 
+    for split in ("train", "val", "test"):  # an empty split would select on nothing, or test on nothing, as "ok"
+        if len(getattr(task, split).dataset) == 0:
+            raise ValueError(f"task {task.spec.name!r}: the {'validation' if split == 'val' else split} split is empty; "
+                             f"training, model selection and the test each need examples (see the task's size options)")
     per_epoch = len(epoch_batches(0))
     if per_epoch == 0:
         raise ValueError(f"the training split has {n_train} example(s), fewer than the {world} processes")
@@ -168,6 +195,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
     val_loader = eval_loader(task.val)
     best_val, best_state, status, step, loss_val = -1.0, None, "ok", 0, float("nan")
     resumed_from, peak_before = None, 0.0
+    stopped_by = "schedule"  # why training ended: the epochs / max_steps schedule ran out, time_budget_s, diverged
 
     saved = None
     if checkpointer is not None:  # rank 0 judges the file (and moves a corrupt one aside); the others follow its verdict
@@ -260,6 +288,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
                         status, stop = "diverged", True
                         break
                 stop = over_budget or step >= n_steps
+                stopped_by = "schedule" if step >= n_steps else "time_budget" if over_budget else stopped_by
                 if checkpointer is not None and not stop and (end_of_epoch or due):
                     save(max(peak_before, mem.peak_mib_so_far))
                 if stop:
@@ -281,6 +310,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
         peak_mem_mib=max(peak_before, mem.peak_mib), peak_mem_kind=mem.kind, wall_s=time.perf_counter() - t_start,
         n_params=sum(p.numel() for p in model.parameters()), epochs=step / per_epoch, steps=step,
         final_train_loss=loss_val if math.isfinite(loss_val) else None, resumed_from_step=resumed_from, world_size=world,
+        stopped_by="diverged" if status == "diverged" else stopped_by,
         device=device.type, device_name=device_name(device.type), torch_version=torch.__version__,
         git_commit=git_commit(),
     )

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from harness.registry import check_types
 from models.registry import build_layer
 
 
@@ -46,6 +47,17 @@ class BackboneConfig:
     pos_encoding: str = "none"   # "none" | "sinusoidal" | "learned"
     dual_hidden: int = 0         # width of the retrieval head's MLP (0: d_model)
     grad_checkpoint: bool = False  # recompute each block's forward in the backward instead of storing its activations
+
+    def __post_init__(self) -> None:
+        check_types(BackboneConfig, vars(self), what="backbone.")
+        for name, ok, want in [("d_model", self.d_model >= 1, "an integer >= 1"),
+                               ("n_layers", self.n_layers >= 1, "an integer >= 1"),
+                               ("dropout", 0 <= self.dropout < 1, "a number in [0, 1)"),
+                               ("ff_expand", self.ff_expand >= 0, "an integer >= 0"),
+                               ("dual_hidden", self.dual_hidden >= 0, "an integer >= 0"),
+                               ("bn_momentum", 0 <= self.bn_momentum <= 1, "a number in [0, 1]")]:
+            if not ok:
+                raise ValueError(f"backbone.{name} must be {want}, got {getattr(self, name)!r}")
 
 
 class MaskedBatchNorm(nn.Module):

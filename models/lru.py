@@ -119,7 +119,7 @@ class LRULayer(nn.Module):
 @register_layer("lru")
 def lru(d_model: int, l_max: int, d_state: int = 128, r_min: float = 0.0, r_max: float = 0.999,
         max_phase: float = 2 * math.pi, bidirectional: bool = False, dropout: float = 0.0,
-        lr: float = 1e-3) -> nn.Module:
+        lr: float | None = 1e-3) -> nn.Module:
     """LRU (Orvieto et al., ICML 2023): complex diagonal linear recurrence, ring init, γ normalisation, GLU output.
 
     Args:

@@ -218,7 +218,7 @@ class S5Layer(nn.Module):
 @register_layer("s5")
 def s5(d_model: int, l_max: int, d_state: int = 256, blocks: int = 8, bidirectional: bool = False,
        activation: str = "half_glu1", discretization: str = "zoh", dt_min: float = 1e-3, dt_max: float = 1e-1,
-       dropout: float = 0.0, lr: float = 1e-3, c_init: str = "trunc_standard_normal", clip_eigs: bool = False,
+       dropout: float = 0.0, lr: float | None = 1e-3, c_init: str = "trunc_standard_normal", clip_eigs: bool = False,
        gelu: str = "exact", tie_dropout: bool = False, opt_config: str = "standard",
        dt_global: bool = False, decay_d: bool = False) -> nn.Module:
     """S5 (Smith, Warrington & Linderman, ICLR 2023): MIMO diagonal SSM (HiPPO-N init) computed by a parallel scan.

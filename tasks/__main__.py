@@ -21,6 +21,7 @@ import argparse
 import inspect
 import math
 import sys
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         if len(urls) != 1:
             raise SystemExit(f"--from stages one archive; {', '.join(names)} need {len(urls) or 'no'} different ones")
     staged: set[str] = set()
-    wanted = {name: bool(args.source or args.release or not archives_optional(name)) for name in names}
+    in_place = [name for name in names if _reads_in_place(name, overrides)]
+    wanted = {name: name not in in_place and bool(args.source or args.release or not archives_optional(name))
+              for name in names}
+    for name in in_place:
+        print(f"{name}: reading the copy given by {_reads_in_place(name, overrides)} in place; nothing to stage")
     for name in names:  # stage everything first: a task that reads its release when staged (auto) then sees it
         for archive in archives_for(name) if wanted[name] else ():
             if archive.url in staged or (not args.source and archive_ready(archive, args.data_dir)):
@@ -94,7 +99,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                                      f"tasks prepare {name} release_dir={args.source}") from None
             else:
                 print(f"{name}: downloading {archive.url}" + (f" ({archive.note})" if archive.note else ""))
-                path = fetch_archive(archive, args.data_dir, keep_archive=args.keep_archive)
+                try:
+                    path = fetch_archive(archive, args.data_dir, keep_archive=args.keep_archive)
+                except urllib.error.URLError as exc:  # offline, or the host is down: the local way in
+                    raise OSError(f"{name}: cannot download {archive.url} ({exc.reason}). With a copy of "
+                                  f"{archive.filename} (or its unpacked folder) at hand: python -m tasks prepare "
+                                  f"{name} --from <path>") from None
             staged.add(archive.url)
             print(f"{name}: staged {path}")
     for name in [] if args.no_build else names:
@@ -110,6 +120,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         sizes = {s: len(getattr(task, s).dataset) for s in ("train", "val", "test")}
         print(f"{name}: ready: {sizes}")
     return 0
+
+
+IN_PLACE_OPTIONS = ("release_dir", "root", "path")  # task options naming a local copy of the data, read where it is
+
+
+def _reads_in_place(name: str, overrides: dict[str, Any]) -> str | None:
+    """``"<option>=<value>"`` when the command line points task ``name`` at a local copy of its data that it reads
+    where it lies (``release_dir=``, ``root=``, ``path=``): then nothing is downloaded or staged for it."""
+    from tasks.registry import _TASKS
+
+    params = inspect.signature(_TASKS.get(name)).parameters
+    for option in IN_PLACE_OPTIONS:
+        if option in params and overrides.get(option) is not None:
+            return f"{option}={overrides[option]}"
+    return None
 
 
 # where generated sets live: task -> (folder under the data dir, name prefix)
@@ -222,10 +247,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m tasks`` (``parse_args`` then ``split_options`` gives what ``main`` runs)."""
     from tasks.fetch import default_data_dir
 
-    set_offline_defaults()
     parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(default_data_dir()), help="default: $LRB_DATA_DIR or ~/.cache/lrbench/data")
@@ -244,10 +269,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("options", nargs="*", default=[], help="key=value task option overrides")
     r.add_argument("--n", type=int, default=16)
     r.add_argument("--out", help="output PNG (default: <task>_examples.png)")
-    args = parser.parse_args(argv)
-    if args.command == "prepare":  # split "text image variant=small" into task names and key=value options
+    return parser
+
+
+def split_options(args: argparse.Namespace) -> argparse.Namespace:
+    """``prepare text image variant=small``: task names in ``args.tasks``, key=value options in ``args.options``."""
+    if args.command == "prepare":
         args.options = [w for w in args.tasks if "=" in w]
         args.tasks = [w for w in args.tasks if "=" not in w]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    set_offline_defaults()
+    args = split_options(build_parser().parse_args(argv))
     from tasks.registry import DatasetMissingError
 
     try:

@@ -21,7 +21,7 @@ from hydra.errors import ConfigCompositionException
 
 from harness.checkpoint import FORMAT
 from harness.records import load_records, records_dir
-from harness.suite import checkpoint_path, run_suite
+from harness.suite import SuiteError, checkpoint_path, run_suite
 from models.registry import list_layers
 from tasks.registry import list_tasks
 
@@ -230,8 +230,115 @@ def test_full_disk_while_writing_a_checkpoint(case, monkeypatch, caplog):
     monkeypatch.setattr(torch, "save", no_space)
     got = case.run("models=[lstm]", "train.checkpoint_every_steps=1", "train.max_steps=3")
     assert got["lstm"].ok  # a checkpoint is insurance: the run goes on without it
-    assert "not written ([Errno 28] No space left on device)" in caplog.text
+    assert "not written ([Errno 28] No space left on device; " in caplog.text
     assert list((case.results / "checkpoints").iterdir()) == []  # no partial file left behind
+
+
+def test_full_disk_while_writing_a_checkpoint_on_a_real_file_system(case, small_filesystem, caplog):
+    # torch's zip writer meets a real ENOSPC as a RuntimeError ("[enforce fail at inline_container.cc:...] unexpected
+    # pos ..."), not an OSError: a mock raising OSError never saw it
+    small_filesystem.mount(case.results / "checkpoints", 64)  # the run's lock fits; its ~2 MB checkpoint does not
+    got = case.run("models=[lstm]", "train.checkpoint_every_steps=1", "train.max_steps=3",
+                   "++model_overrides.lstm.backbone.d_model=128")
+    assert got["lstm"].ok and got["lstm"].steps == 3
+    assert "not written ([enforce fail at inline_container.cc" in caplog.text and "MiB free under" in caplog.text
+    assert [p for p in (case.results / "checkpoints").iterdir() if p.suffix != ".lock"] == []
+
+
+def test_full_disk_while_writing_a_record_prints_it_and_exits_non_zero(case, small_filesystem):
+    folder = records_dir(case.results)
+    small_filesystem.mount(folder, 256)
+    for name, blob in case.before.items():  # the earlier records, on the small disk that is then filled
+        (folder / name).write_bytes(blob)
+    small_filesystem.fill(folder)
+    proc = subprocess.run([sys.executable, "run_suite.py", f"results_dir={case.results}", f"data_dir={case.data}",
+                           f"hydra.run.dir={case.results.parent / 'hydra'}", *TINY, "models=[lstm,transformer]"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "error: 2 record(s) could not be written under" in proc.stderr and "Traceback" not in proc.stderr
+    assert "kept in memory, retried" in proc.stdout  # the log (Hydra logs to standard output)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["model"], r["status"]) for r in lines] == [("lstm", "ok"), ("transformer", "ok")]
+    assert all(r["test_acc"] is not None and r["config_hash"] for r in lines)  # the whole record, to store by hand
+    (folder / ".filler").unlink()  # the earlier records are byte-identical (checked by the fixture)
+
+
+def test_records_folder_that_is_a_file_loses_no_run(tmp_path, data_dir):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "records").write_text("not a folder")
+    proc = subprocess.run([sys.executable, "run_suite.py", f"results_dir={results}", f"data_dir={data_dir}",
+                           f"hydra.run.dir={tmp_path / 'hydra'}", *TINY, "models=[lstm]"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3 and "error: 1 record(s) could not be written" in proc.stderr, proc.stderr[-3000:]
+    (rec,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert rec["model"] == "lstm" and rec["status"] == "ok"
+    assert (results / "records").read_text() == "not a folder"
+
+
+def test_a_record_write_that_fails_is_retried_with_the_next_one(case, monkeypatch, caplog):
+    import harness.suite
+
+    real, calls = harness.suite.write_record, []
+
+    def flaky(rec, results_dir):  # the disk is full for the first record's three attempts, then has room again
+        calls.append(rec.model)
+        if len(calls) <= 3:
+            raise OSError(28, "No space left on device")
+        return real(rec, results_dir)
+
+    monkeypatch.setattr(harness.suite, "write_record", flaky)
+    monkeypatch.setattr(harness.suite._RecordStore, "__init__",
+                        lambda self, results_dir: (setattr(self, "results_dir", results_dir),
+                                                   setattr(self, "retries", 3), setattr(self, "wait_s", 0.01),
+                                                   setattr(self, "pending", []))[0])
+    got = case.run("models=[lstm,transformer]")
+    assert calls == ["lstm"] * 4 + ["transformer"] and got["lstm"].ok
+    df = load_records(case.results)
+    assert len(df[df.seed == 1]) == 2  # both stored: the first with the second's write
+    assert "record of listops / lstm / seed 1 NOT written" in caplog.text
+
+
+@pytest.mark.parametrize("override, said", [
+    ("train.epochs=-1", "train.epochs must be a number > 0, got -1 (set by command line"),
+    ("train.max_steps=0", "train.max_steps must be an integer >= 1 or null, got 0"),
+    ("train.eval_max_batches=0", "train.eval_max_batches must be an integer >= 1 or null (the whole split), got 0"),
+    ("++model_overrides.lstm.backbone.n_layers=0", "backbone.n_layers must be an integer >= 1, got 0 (set by "
+     "command line"),
+    ("train.grad_clip=abc", "train.grad_clip must be a number, got 'abc' (str)"),
+    ("train.max_steps=", "train.max_steps must be an integer or null, got '' (str)"),
+    ("++task_overrides.listops.l_max=abc", "task 'listops' option l_max must be an integer, got 'abc' (str)"),
+], ids=["epochs", "max_steps", "eval_max_batches", "n_layers", "grad_clip", "empty_max_steps", "task_option_type"])
+def test_nonsense_sizes_and_types_are_refused_before_anything_runs(case, override, said):
+    with pytest.raises(SuiteError) as err:
+        case.run("models=[lstm]", override)
+    assert said in str(err.value) and "(set by command line" in str(err.value)  # the option, the value, who set it
+    assert len(load_records(case.results)) == 1  # nothing ran, nothing recorded
+
+
+def test_a_nonsense_value_on_the_command_line_is_one_line_and_exit_2(case):
+    proc = subprocess.run([sys.executable, "run_suite.py", f"results_dir={case.results}", f"data_dir={case.data}",
+                           f"hydra.run.dir={case.results.parent / 'hydra'}", *TINY, "models=[lstm]", "train.epochs=-1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("error: train.epochs must be a number > 0, got -1 (set by command "
+                                                    "line: train.epochs=-1)")
+
+
+def test_an_empty_validation_split_is_an_error_not_a_selection_on_nothing(case):
+    # ListOps refuses an empty split itself; first_token builds one, and training refuses it
+    got = case.run("models=[lstm]", "tasks=[first_token]", "++task_overrides.first_token.length=16",
+                   "++task_overrides.first_token.n_train=32", "++task_overrides.first_token.n_val=0")
+    assert got["lstm"].status.startswith("error: ValueError: task 'first_token': the validation split is empty")
+    assert got["lstm"].best_val_acc is None and got["lstm"].test_acc is None
+
+
+def test_an_unwritable_results_folder_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "run_suite.py", "results_dir=/proc/x", f"data_dir={tmp_path}",
+                           f"hydra.run.dir={tmp_path / 'hydra'}", *TINY, "models=[lstm]"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: results_dir=/proc/x cannot be written (")
 
 
 def test_checkpoint_from_another_config_is_refused(case):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,35 @@ def test_an_option_a_task_does_not_take_is_one_line(tmp_path):
     proc = _run("-m", "tasks", "--data-dir", str(tmp_path), "prepare", "listops", "foo=1")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error:") and "'foo'" in proc.stderr
+
+
+def _aan_release(folder: Path) -> Path:
+    """A three-pair copy of the release's tsv_data/ (label, id1, id2, text1, text2), as tests/tasks/test_retrieval.py."""
+    from tasks.retrieval import SPLIT_FILES
+
+    folder.mkdir(parents=True)
+    rows = "1.0\tP00-1001\tP01-2002\tb'one text'\tb'another'\n0.0\tW02-0101\tJ93-1004\tb'x'\tb'y'\n"
+    for name in SPLIT_FILES.values():
+        (folder / name).write_text(rows)
+    return folder
+
+
+def test_prepare_with_release_dir_reads_the_folder_and_downloads_nothing(tmp_path):
+    folder = _aan_release(tmp_path / "copy" / "tsv_data")
+    proc = _run("-m", "tasks", "--data-dir", str(tmp_path / "data"), "prepare", "retrieval", f"release_dir={folder}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"reading the copy given by release_dir={folder} in place" in proc.stdout and "downloading" not in proc.stdout
+    assert "retrieval: ready: {'train': 2, 'val': 2, 'test': 2}" in proc.stdout
+    assert not (tmp_path / "data" / "downloads").exists()
+
+
+def test_a_download_that_cannot_connect_names_the_local_way_in(tmp_path):
+    # a real failed connection without the network: the proxy urllib is told to use refuses it (port 9, discard)
+    env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-m", "tasks", "--data-dir", str(tmp_path), "prepare", "retrieval"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: retrieval: cannot download https://storage.googleapis.com/long-range-arena/")
+    assert line.endswith("python -m tasks prepare retrieval --from <path>")
+    assert not list((tmp_path / "downloads").glob("*.gz"))  # nothing partial left as if downloaded

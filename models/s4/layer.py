@@ -122,7 +122,7 @@ class S4Layer(nn.Module):
 
 @register_layer("s4")
 def s4(d_model: int, l_max: int, d_state: int = 64, bidirectional: bool = False, dropout: float = 0.0,
-       init: str = "legs", dt_min: float = 1e-3, dt_max: float = 1e-1, lr: float = 1e-3,
+       init: str = "legs", dt_min: float = 1e-3, dt_max: float = 1e-1, lr: float | None = 1e-3,
        backend: str = "auto", n_ssm: int | None = None, b_clip: float | None = None, c_init: str = "tilde",
        tie_dropout: bool = False, pre_gelu_dropout: bool = False, dt_lr: float | str = "ssm",
        c_lr: float | str = "main", decay_d: bool = False) -> nn.Module:
@@ -166,7 +166,7 @@ def s4(d_model: int, l_max: int, d_state: int = 64, bidirectional: bool = False,
 @register_layer("s4d")
 def s4d(d_model: int, l_max: int, d_state: int = 64, bidirectional: bool = False, dropout: float = 0.0,
         init: str = "diag-lin", discretization: str = "zoh", dt_min: float = 1e-3, dt_max: float = 1e-1,
-        lr: float = 1e-3, backend: str = "auto", n_ssm: int | None = None, tie_dropout: bool = False,
+        lr: float | None = 1e-3, backend: str = "auto", n_ssm: int | None = None, tie_dropout: bool = False,
         pre_gelu_dropout: bool = False, dt_lr: float | str = "ssm", decay_d: bool = False) -> nn.Module:
     """S4D (Gu, Gupta, Goel & Ré, NeurIPS 2022): diagonal SSM kernel by a Vandermonde product.
 
