@@ -16,7 +16,9 @@ A run's configuration is built from layers, later ones winning, each value remem
                     ``+model_overrides.s4.hparams.d_state=32``, ``+task_overrides.listops.batch_size=16``)
 
 Nothing sits above the command line: a value set there reaches every run it applies to. Within a layer, the
-``train`` block comes first, then ``model_overrides`` and then ``task_overrides`` (the more specific block wins).
+``train`` block comes first, then ``model_overrides`` and then ``task_overrides`` (the more specific block wins); for
+an efficiency sweep's cells the ``efficiency`` block's width, depth and heads come after ``model_overrides`` (one
+size for every model: a suite's per-model training widths do not leak into the speed comparison).
 A model or recipe block may hold ``task:`` (task options, e.g. a batch size) and ``train:`` entries beside the
 model's ``name``, ``hparams`` and ``backbone``.
 
@@ -299,10 +301,10 @@ def _layers(cfg: DictConfig, task: str, model: str, causal: bool | None,
     if suite_file.get("train"):
         layers.append((f"{name}: train", {"train": suite_file["train"]}))
     eff_block = dict(suite_file.get("efficiency") or {})
-    if efficiency and eff_block:
-        layers.append((f"{name}: efficiency", efficiency_layer(eff_block, model)))
     if (suite_file.get("model_overrides") or {}).get(model):
         layers.append((f"{name}: model_overrides.{model}", _split_block(suite_file["model_overrides"][model])))
+    if efficiency and eff_block:  # the sweep's one width, depth and head count for every model: above the training
+        layers.append((f"{name}: efficiency", efficiency_layer(eff_block, model)))  # runs' per-model widths
     if (suite_file.get("task_overrides") or {}).get(task):
         layers.append((f"{name}: task_overrides.{task}", {"task": {"options": suite_file["task_overrides"][task]}}))
 
@@ -329,7 +331,7 @@ def _layers(cfg: DictConfig, task: str, model: str, causal: bool | None,
     return layers
 
 
-LAYERED = ("train", "efficiency", "model_overrides", "task_overrides")  # top-level keys that feed run layers
+LAYERED = ("train", "model_overrides", "efficiency", "task_overrides")  # top-level keys that feed run layers, in order
 
 
 def _select(cfg: DictConfig, key: str) -> Any:

@@ -41,7 +41,8 @@ STD_DDOF = 1          # sample std over seeds: with 3-5 seeds, ddof=0 would unde
 MAX_REWRITES = 10     # write_tables, write_report: regenerations while records keep arriving (later writers go on)
 FAIL_AS_PCT = 50.0    # a published "fail" (Path-X) in the published average: chance, the S4 paper's convention
 LONG_COLUMNS = ["model", "task", "n_seeds", "n_runs", "mean_acc_pct", "std_acc_pct", "status", "n_time_cut",
-                "chance_acc_pct", "published_acc_pct", "published_status", "published_source"]
+                "mean_wall_s", "mean_steps", "chance_acc_pct", "published_acc_pct", "published_status",
+                "published_source"]
 _NOTE_PARTIAL = "\\* averaged over the tasks this row has; missing or failed tasks are left out, not counted as chance."
 _NOTE_SOME_FAILED = "(k/n): only k of the n seeds finished ok; the others' statuses are in accuracy.csv."
 _NOTE_NC = ("†, n/c: these runs did not use the published benchmark's configuration (see each record's task_info); "
@@ -135,6 +136,8 @@ def accuracy_long(records: pd.DataFrame, tasks: list[str] | None = None, models:
                 "std_acc_pct": acc.std(ddof=STD_DDOF) if len(acc) > 1 else float("nan"),
                 "status": "/".join(_order(kinds, ["ok"])), "n_runs": len(runs),
                 "n_time_cut": int(((kinds == "ok") & (runs.get("stopped_by", "") == "time_budget")).sum()),
+                "mean_wall_s": runs.loc[kinds == "ok", "wall_s"].dropna().astype(float).mean(),
+                "mean_steps": runs.loc[kinds == "ok", "steps"].dropna().astype(float).mean(),
                 "chance_acc_pct": chance.get(task, float("nan")),
                 "published_acc_pct": p["acc_pct"].iloc[0] if len(p) and comparable else float("nan"),
                 "published_status": (p["status"].iloc[0] if comparable else "not comparable") if len(p) else "",
@@ -228,6 +231,21 @@ def accuracy_table(records: pd.DataFrame, tasks: list[str] | None = None, models
     return table
 
 
+def cost_table(records: pd.DataFrame, tasks: list[str] | None = None, models: list[str] | None = None) -> pd.DataFrame:
+    """Table of strings like the accuracy table's (rows = models, columns = tasks): each cell is the mean wall time and
+    step count of the runs the accuracy cell averages (``"38 s, 252 steps"``); empty where no run finished ok."""
+    long = accuracy_long(records, tasks, models)
+    if long.empty:
+        return pd.DataFrame()
+    _, tasks, models = _select(records, tasks, models)
+    cells = {(r.model, r.task): ", ".join([f"{r.mean_wall_s:.0f} s"] * pd.notna(r.mean_wall_s)
+                                          + [f"{r.mean_steps:.0f} steps"] * pd.notna(r.mean_steps))
+             for r in long.itertuples()}
+    table = pd.DataFrame([[cells.get((m, t), "") for t in tasks] for m in models], index=models, columns=tasks)
+    table.index.name = "model"
+    return table
+
+
 def _unique(df: pd.DataFrame, col: str) -> list[str]:
     return sorted({str(v) for v in df[col].dropna() if str(v)}) if col in df else []
 
@@ -254,6 +272,12 @@ def format_table_markdown(records: pd.DataFrame, tasks: list[str] | None = None,
                  showindex=False, disable_numparse=True),
         "",
     ]
+    cost = cost_table(records, tasks, models)
+    if not cost.empty:
+        lines += ["What each run cost: wall time of training (validation included) and optimizer steps, mean over the "
+                  "seeds above; the hardware is named above.", "",
+                  tabulate(cost.rename(columns=lambda t: TASK_TITLES.get(t, t)).reset_index(), headers="keys",
+                           tablefmt="github", showindex=False, disable_numparse=True), ""]
     notes = list(table.attrs["footnotes"])
     mixed = runs[runs["n_configs"] > 1]
     if len(mixed):

@@ -54,7 +54,7 @@ class MultiHeadAttention(nn.Module):
         q_width = self.d_qkv
         q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, q_width // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, n, L, E)
         attn_mask = None
-        if mask is not None:
+        if mask is not None and not bool(mask.all()):  # a batch without padding needs no mask: SDPA's fused kernels
             attn_mask = mask[:, None, None, :]  # (B, 1, 1, L): padded keys are never attended to
             if self.causal:
                 attn_mask = attn_mask & torch.ones(l, l, dtype=torch.bool, device=x.device).tril()

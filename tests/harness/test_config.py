@@ -65,8 +65,8 @@ def test_layers_rank_model_file_recipe_suite_command_line():
     assert lra.sources["train.precision"] == "configs/train/default.yaml"
     assert lra.sources["task.options.l_max"] == "configs/task/listops.yaml: options"
     quick = resolve_run(compose_config([]), "listops", "s4")
-    assert quick.config["model"]["hparams"]["d_state"] == 32
-    assert quick.sources["model.hparams.d_state"] == "configs/suite/quick.yaml: model_overrides.s4"
+    assert quick.config["model"]["hparams"]["lr"] == 0.01
+    assert quick.sources["model.hparams.lr"] == "configs/suite/quick.yaml: model_overrides.s4"
     assert quick.sources["train.epochs"] == "configs/suite/quick.yaml: train"
     assert quick.sources["task.options.variant"] == "configs/suite/quick.yaml: task_overrides.listops"
     # a command-line value equal to a default still outranks every file
@@ -114,6 +114,12 @@ def test_efficiency_sweep_takes_model_overrides_and_the_command_line():
     tr = cell_settings("transformer", EfficiencyConfig(), cfg)
     assert tr["hparams"]["n_heads"] == 4 and tr["causal_hparams"]["causal"] is True
     assert cell_settings("linformer", EfficiencyConfig(), cfg)["causal_hparams"] is None
+    # a suite's per-model training width does not leak into the sweep: the efficiency block's size wins there
+    quick = compose_config([])
+    lstm_run = resolve_run(quick, "first_token", "lstm").config["model"]["backbone"]
+    assert (lstm_run["d_model"], lstm_run["n_layers"]) == (76, 1)
+    lstm_cell = cell_settings("lstm", EfficiencyConfig(), quick)["backbone"]
+    assert (lstm_cell["d_model"], lstm_cell["n_layers"]) == (64, 2)
 
 
 def test_plan_reports_unresolvable_runs():

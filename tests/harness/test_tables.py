@@ -1,6 +1,7 @@
 """Tables regenerated from stored records, and the published reference data."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 import pandas as pd
@@ -43,8 +44,15 @@ def results(tmp_path):
     return tmp_path
 
 
-def _md_table(md: str) -> list[list[str]]:
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+def _md_table(md: str, which: int = 0) -> list[list[str]]:
+    """The ``which``-th markdown table of ``md`` (0: the accuracy table, 1: the cost table), header first."""
+    tables, lines = [], []
+    for ln in md.splitlines() + [""]:
+        if ln.startswith("|"):
+            lines.append(ln)
+        elif lines:
+            tables, lines = tables + [lines], []
+    lines = tables[which]
     rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
     assert set(rows[1][0]) <= set("-:"), "second line must be the header separator"
     return [rows[0]] + rows[2:]
@@ -123,6 +131,17 @@ def test_markdown(results):
     labels = [r[0] for r in rows[1:]]
     assert labels[0] == "transformer" and labels[-1] == "chance"
     assert md == format_table_markdown(load_records(results))
+
+
+def test_cost_table_beside_accuracy_and_time_cuts_marked(tmp_path):
+    for seed, (wall, steps, stopped) in enumerate([(10.0, 100, "schedule"), (20.0, 60, "time_budget")]):
+        write_record(dataclasses.replace(_rec("listops", "s4", seed, 0.5), wall_s=wall, steps=steps,
+                                         stopped_by=stopped), tmp_path)
+    write_record(_rec("text", "s4", 0, 0.8), tmp_path)  # an old record: no wall time, no steps
+    md = format_table_markdown(load_records(tmp_path))
+    assert _md_table(md, 1) == [["model", "ListOps", "Text"], ["s4", "15 s, 80 steps", ""]]
+    assert _md_table(md)[1][1] == "50.00 ± 0.00 ⏱1 (2)"  # one of the two seeds was cut by time_budget_s
+    assert "⏱: time_budget_s cut training short" in md
 
 
 def test_empty_results_dir(tmp_path):

@@ -34,8 +34,10 @@ def _complete(root: Path, report_tail: str) -> None:
     """Every file a reader can open now is whole (open() keeps the inode it got, so a rename mid-read is harmless)."""
     assert list(pd.read_csv(root / "accuracy.csv").columns) == LONG_COLUMNS
     md = (root / "accuracy.md").read_text(encoding="utf-8")
-    last = md.rstrip("\n").splitlines()[-1]   # the chance row closes the table; before any record, the note says so
-    assert md.startswith("# Test accuracy") and (last.startswith("| chance") or last == "No run records found."), md
+    last = md.rstrip("\n").splitlines()[-1]   # a whole cost-table row closes it; before any record, the note says so
+    assert md.startswith("# Test accuracy") and md.endswith("\n"), md
+    assert "| chance" in md or last == "No run records found.", md
+    assert (last.startswith("|") and last.endswith("|")) or last.startswith("- ") or last == "No run records found.", md
     assert (root / "REPORT.md").read_text(encoding="utf-8").endswith(report_tail)
     pngs = list((root / "plots").glob("*.png"))
     assert len(pngs) == 3   # speed, memory, generation
