@@ -5,8 +5,8 @@ needs to continue as if never stopped: model, optimizer, schedule and gradient-s
 Python, NumPy and torch (CPU and every CUDA device; one set per rank under torchrun) and of the generators layers
 own (the Performer's feature draws), the position in the data (the
 step; the batch order is a function of seed and epoch, see harness/distributed.py), the best validation accuracy with
-its weights, the elapsed training time (so a time budget keeps counting), the throughput counters and the peak
-memory so far. It is written to a temporary file, flushed to disk and renamed over the old one, so a kill at any
+its weights, the elapsed training time (so a time budget keeps counting), the throughput counters, the peak
+memory so far and the learning curve up to that step (harness/history.py). It is written to a temporary file, flushed to disk and renamed over the old one, so a kill at any
 moment leaves either the old or the new checkpoint, never a torn one.
 
 A checkpoint carries the hash of the resolved run config that wrote it; a run whose config hashes differently refuses
@@ -39,7 +39,7 @@ from harness.records import write_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bumped when the checkpoint layout changes; another format is refused like another config
+FORMAT = 3  # bumped when the checkpoint layout changes; another format is refused like another config (3: history)
 
 
 class CheckpointMismatch(RuntimeError):

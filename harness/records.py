@@ -60,6 +60,8 @@ class RunRecord:
     config_sources: str = ""                   # where each value of the config came from (file and block, or the
                                                # command line), JSON {dotted key: source}
     task_info: str = ""                        # task variant, sizes, vocabulary, data source, JSON
+    history: str = ""                          # the run's learning curve, relative to the results folder
+                                               # (history/<task>__<model>__seed<seed>__<config_hash>.parquet)
     timestamp: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     @property

@@ -22,6 +22,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness import plots
+from harness.curves import load_curves, plot_learning_curves
 from harness.efficiency import EfficiencyRecord, efficiency_dir, load_efficiency_records
 from harness.records import RunRecord, load_records, records_dir
 from harness.reference import published_efficiency
@@ -145,6 +146,23 @@ def _efficiency_section(eff: pd.DataFrame, acc: pd.DataFrame, out_dir: Path) -> 
     return lines
 
 
+def _curves_section(results_dirs: list[Path], out_dir: Path) -> list[str]:
+    """Per task, validation accuracy against step and wall time, from the runs' histories."""
+    frames = [c for c in (load_curves(d) for d in results_dirs) if not c.empty]
+    if not frames:
+        return []
+    curves = pd.concat(frames, ignore_index=True)
+    lines = ["## Learning curves", "",
+             "Validation accuracy at each evaluation of the runs in the accuracy table (their histories: "
+             "`history/*.parquet` beside the records), against training steps and against training wall time; "
+             "mean over seeds, the band from the lowest to the highest seed.", ""]
+    for task in dict.fromkeys(curves.task):
+        path = plot_learning_curves(curves, task, out_dir / "plots" / f"curves__{_slug(task)}.png")
+        link = Path(os.path.relpath(path, out_dir)).as_posix()
+        lines += [f"![curves {task}]({link})", ""]
+    return lines
+
+
 def _published_section() -> list[str]:
     lines = ["## Published reference figures (copied from the papers, not measured here)", "",
              "From `harness/data/published_efficiency.csv`. Different hardware and software from ours: compare "
@@ -220,6 +238,7 @@ def _report_text(results_dirs: list[Path], out: Path) -> str:
     lines += _provenance(acc, eff)
     accuracy = format_table_markdown(acc, title="Accuracy: test accuracy (%), LRA-style")
     lines += ["#" + accuracy, ""]
+    lines += _curves_section(results_dirs, out.parent)
     lines += _efficiency_section(eff, acc, out.parent)
     lines += _published_section()
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from harness.config import COMMAND_LINE, check_command_line, resolve_run, resolv
 from harness.distributed import barrier, broadcast, init_from_env, is_main, local_device, rank_world, shutdown
 from harness.efficiency import EfficiencyConfig, run_efficiency
 from harness.env import device_name, git_commit, resolve_device
+from harness.history import History
 from harness.measure import is_oom
 from harness.records import RunRecord, config_hash, load_records, records_dir, write_atomic, write_record
 from harness.report import write_report
@@ -87,10 +88,15 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str 
         _seed_everything(seed)
         net = build_model(run_cfg["model"]["name"], t.spec, run_cfg["model"].get("backbone"),
                           run_cfg["model"].get("hparams"))
+        history, history_file = None, ""
+        if results_dir is not None:
+            history_file = f"history/{task}__{model}__seed{seed}__{base['config_hash']}.parquet"
+            history = History(Path(results_dir) / history_file)
         in_fit = True
-        rec = fit(net, t, train_cfg, model_name=model, checkpointer=checkpointer)
+        rec = fit(net, t, train_cfg, model_name=model, checkpointer=checkpointer, history=history)
         in_fit = False
         return replace(rec, suite=base["suite"], config=base["config"], config_hash=base["config_hash"],
+                       history=history_file,
                        config_sources=base["config_sources"],
                        task_info=_json({**t.spec.info, **({"recipe_deviations": run_cfg["deviations"]}
                                                           if run_cfg.get("deviations") else {})}),

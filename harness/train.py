@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from harness.checkpoint import CheckpointMismatch, Checkpointer
 from harness.distributed import EpochBatches, all_sum, broadcast, gather, loader_with, rank_world, shard_batches
 from harness.env import device_name, git_commit, resolve_device
+from harness.history import History
 from harness.measure import PeakMemory, StepTimer
 from harness.optim import cosine_with_warmup, param_groups
 from harness.records import RunRecord
@@ -101,13 +102,19 @@ class NonFiniteOutputs(FloatingPointError):
     NaNs is class 0, a plausible wrong number)."""
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device, max_batches: int | None = None,
              precision: str = "fp32", split: str = "evaluation") -> float:
     """Accuracy in [0, 1] over (up to ``max_batches`` of) a loader; summed over ranks under torchrun. Raises
     NonFiniteOutputs when any example's logits are not all finite (every rank raises: the count is summed)."""
+    return evaluate_with_loss(model, loader, device, max_batches, precision, split)[0]
+
+
+@torch.no_grad()
+def evaluate_with_loss(model: nn.Module, loader: Any, device: torch.device, max_batches: int | None = None,
+                       precision: str = "fp32", split: str = "evaluation") -> tuple[float, float]:
+    """(accuracy in [0, 1], mean cross-entropy) over (up to ``max_batches`` of) a loader; see ``evaluate``."""
     model.eval()
-    correct = total = bad = 0
+    correct = total = bad = loss = 0.0
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
@@ -116,12 +123,13 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, max_batches: i
             logits = _logits(model, batch)
         bad += int((~torch.isfinite(logits)).any(-1).sum().item())
         correct += (logits.argmax(-1) == batch["labels"]).sum().item()
+        loss += F.cross_entropy(logits.float(), batch["labels"], reduction="sum").item()
         total += batch["labels"].numel()
     model.train()
-    correct, total, bad = all_sum([correct, total, bad], device)
+    correct, total, bad, loss = all_sum([correct, total, bad, loss], device)
     if bad:
         raise NonFiniteOutputs(f"non-finite outputs in {split}: {int(bad)} of {int(total)} examples")
-    return correct / max(total, 1)
+    return correct / max(total, 1), loss / max(total, 1)
 
 
 def _layer_generators(model: nn.Module) -> dict[str, torch.Generator]:
@@ -144,7 +152,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None = None,
-        checkpointer: Checkpointer | None = None) -> RunRecord:
+        checkpointer: Checkpointer | None = None, history: History | None = None) -> RunRecord:
     """Train ``model`` on ``task`` and measure it.
 
     Args:
@@ -154,6 +162,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
         cfg: optimisation, precision and budget settings.
         model_name: name for the record (default: the model's ``layer_name`` attribute).
         checkpointer: where to save (and first try to resume from) the training state; None: no checkpoints.
+        history: where the learning curve goes (harness/history.py; rank 0's is written); None: kept in memory.
 
     Returns:
         A RunRecord with status ``ok``, ``diverged`` (non-finite training loss or validation outputs) or
@@ -195,6 +204,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
     val_loader = eval_loader(task.val)
     best_val, best_state, status, step, loss_val = -1.0, None, "ok", 0, float("nan")
     resumed_from, peak_before = None, 0.0
+    history = history if history is not None and rank == 0 else History()
+    since = [0.0, 0.0, 0]  # training loss sum, correct, examples since the last evaluation (global)
     stopped_by = "schedule"  # why training ended: the epochs / max_steps schedule ran out, time_budget_s, diverged
 
     saved = None
@@ -227,13 +238,19 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
         _set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])  # another world size: rank 0's streams
         for name, g in _layer_generators(model).items():
             g.set_state(saved["layer_rng"][name])
+        history.restore(saved["history"])
+        since = list(saved["since"])
 
     def validate() -> None:
-        nonlocal best_val, best_state
-        acc = evaluate(model, val_loader, device, cfg.eval_max_batches, cfg.precision, split="validation")
+        nonlocal best_val, best_state, since
+        acc, loss = evaluate_with_loss(model, val_loader, device, cfg.eval_max_batches, cfg.precision, "validation")
         if acc > best_val:
             best_val, best_state = acc, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         bar.set_postfix(loss=f"{loss_val:.3f}", val_acc=f"{acc:.3f}", best=f"{best_val:.3f}")
+        history.add(step=step, epoch=step / per_epoch, elapsed_s=time.perf_counter() - t_start, split="validation",
+                    acc=acc, loss=loss, train_loss=since[0] / since[2] if since[2] else None,
+                    train_acc=since[1] / since[2] if since[2] else None, lr=sched.get_last_lr()[0])
+        since = [0.0, 0.0, 0]
 
     def save(peak_mib: float) -> None:
         rngs = gather(_rng_state())
@@ -243,6 +260,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
                 "scaler": scaler.state_dict(), "rng": rngs, "best_val": best_val, "best_state": best_state,
                 "layer_rng": {name: g.get_state() for name, g in _layer_generators(model).items()},
                 "loss": loss_val, "elapsed_s": time.perf_counter() - t_start, "peak_mem_mib": peak_mib,
+                "history": history.state(), "since": since,
                 "timer": (timer.n_steps, timer.seconds, timer.samples, timer.tokens)})
 
     bar = tqdm(total=n_steps, initial=step, desc=f"{task.spec.name}/{model_name or getattr(model, 'layer_name', '?')}",
@@ -260,7 +278,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
                     logits = _logits(net, batch)
                 loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
                 tokens = int(batch["lengths"].sum()) + int(batch.get("lengths2", torch.zeros(1)).sum())
-                total_loss, tokens = all_sum([loss_sum.item(), tokens], device)
+                correct = int((logits.argmax(-1) == batch["labels"]).sum())
+                total_loss, tokens, correct = all_sum([loss_sum.item(), tokens, correct], device)
                 if not math.isfinite(total_loss):
                     status, stop = "diverged", True
                     break
@@ -275,6 +294,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
                 sched.step()
                 timer.stop(samples=n_global, tokens=int(tokens))
                 step, loss_val = step + 1, total_loss / n_global
+                since = [since[0] + total_loss, since[1] + correct, since[2] + n_global]
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_val:.3f}", best=f"{best_val:.3f}")
                 over_budget = cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s
@@ -299,9 +319,13 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
     if best_state is not None:
         model.load_state_dict(best_state)
         try:
-            test_acc = evaluate(model, eval_loader(task.test), device, precision=cfg.precision, split="test")
+            test_acc, test_loss = evaluate_with_loss(model, eval_loader(task.test), device, precision=cfg.precision,
+                                                     split="test")
+            history.add(step=step, epoch=step / per_epoch, elapsed_s=time.perf_counter() - t_start, split="test",
+                        acc=test_acc, loss=test_loss)
         except NonFiniteOutputs as exc:  # finite on validation, not on test (e.g. bad inputs): say so, no number
             status = f"error: {exc}" if status == "ok" else status
+    history.close()
     samples_per_s, tokens_per_s = timer.rates()
     return RunRecord(
         task=task.spec.name, model=model_name or getattr(model, "layer_name", type(model).__name__), seed=cfg.seed,

@@ -8,11 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from harness.checkpoint import CheckpointMismatch, Checkpointer, RunLock
 from harness.distributed import EpochBatches, shard_batches
+from harness.history import load_history
 from harness.records import load_records
 from harness.train import TrainConfig, fit
 from models.backbone import build_model
@@ -177,6 +179,13 @@ def _start(tmp_path: Path, results: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _stored_step(ckpt: Path) -> int:
+    try:
+        return torch.load(ckpt, weights_only=False)["step"]
+    except Exception:  # noqa: BLE001 - replaced while being read: look again
+        return -1
+
+
 def _finish(proc: subprocess.Popen) -> str:
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
@@ -191,10 +200,10 @@ def test_run_suite_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path):
     proc = _start(tmp_path, "res")
     ckpt = tmp_path / "res" / "checkpoints" / "listops__lstm__seed0.pt"
     deadline = time.monotonic() + 120
-    while not ckpt.exists():
-        assert proc.poll() is None, "the run ended before its first checkpoint"
+    while not (ckpt.exists() and _stored_step(ckpt) > 20):  # mid-epoch 2: after the first evaluation's history row
+        assert proc.poll() is None, "the run ended before a checkpoint in its second epoch"
         assert time.monotonic() < deadline
-        time.sleep(0.005)
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(ckpt, weights_only=False)["step"]
@@ -216,6 +225,12 @@ def test_run_suite_killed_mid_epoch_resumes_to_the_same_final_metrics(tmp_path):
     for key in ("test_acc", "best_val_acc", "final_train_loss", "steps", "epochs"):
         assert resumed[key] == ref[key], key  # to the last digit
     assert not ckpt.exists() and not ckpt.with_suffix(".lock").exists()
+    # the learning curve is continuous: the rows of the uninterrupted run, no step twice, none missing
+    curve = {name: load_history(tmp_path / name / load_records(tmp_path / name).query("status == 'ok'").history.iloc[0])
+             for name in ("ref", "res")}
+    assert list(curve["res"].step) == [20, 40, 60, 60] and list(curve["res"].split) == ["validation"] * 3 + ["test"]
+    pd.testing.assert_frame_equal(curve["res"].drop(columns="elapsed_s"), curve["ref"].drop(columns="elapsed_s"))
+    assert curve["res"].elapsed_s.is_monotonic_increasing
 
     out = _finish(_start(tmp_path, "res"))  # once more: nothing left to do
     assert "finished already" in out and len(load_records(tmp_path / "res")) == 2

@@ -122,17 +122,17 @@ def test_non_finite_evaluation_outputs_are_never_an_accuracy(shallow_listops):
     assert rec.status == "diverged" and rec.test_acc is None and rec.best_val_acc is None
 
     model.nan_on.clear()
-    real = train.evaluate
+    real = train.evaluate_with_loss
 
     def nan_on_test(m, loader, device, max_batches=None, precision="fp32", split="evaluation"):
         if split == "test":
             m.nan_on.add("now")
         return real(m, loader, device, max_batches, precision, split)
 
-    train.evaluate = nan_on_test  # the model itself turns NaN only for the test split
+    train.evaluate_with_loss = nan_on_test  # the model itself turns NaN only for the test split
     try:
         rec = fit(model, shallow_listops, TrainConfig(max_steps=3, progress=False), model_name="lstm")
     finally:
-        train.evaluate = real
+        train.evaluate_with_loss = real
     assert rec.status.startswith("error: non-finite outputs in test: ") and rec.test_acc is None
     assert rec.best_val_acc is not None
