@@ -524,12 +524,11 @@ def _check_values(config: dict[str, Any], sources: dict[str, str]) -> None:
         try:
             check()
         except (TypeError, ValueError) as exc:
-            message = str(exc)
-            if " must be " not in message:  # a misspelt name or an unknown choice: the builder's own check says it
-                continue                     # when the run starts, with the accepted names
-            name = message.split(" must be ")[0].rsplit(" ", 1)[-1].rsplit(".", 1)[-1]
+            name = getattr(exc, "option", None)  # set by check_types / check_ranges
+            if name is None:  # a misspelt name or an unknown choice: the builder's own check says it when the run
+                continue      # starts, with the accepted names
             where = sources.get(f"{block}.{name}")
-            raise type(exc)(message + (f" (set by {where})" if where else "")) from None
+            raise type(exc)(f"{exc}" + (f" (set by {where})" if where else "")) from None
 
 
 def resolve_run_config(cfg: DictConfig, task: str, model: str, seed: int = 0) -> dict[str, Any]:

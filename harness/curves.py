@@ -11,18 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from harness.history import load_history
-from harness.records import load_records, write_atomic
+from harness.plots import MODEL_ORDER, model_styles, save_figure
+from harness.records import load_records
 from harness.tables import latest_runs
 
 __all__ = ["load_curves", "plot_learning_curves"]
-
-_MODEL_ORDER = ("transformer", "local_attention", "linformer", "performer", "linear_transformer", "lstm", "gru",
-                "s4", "s4d", "s5", "lru", "mamba")  # as harness.plots: one colour per model in every figure
-
 
 def load_curves(results_dir: str | Path) -> pd.DataFrame:
     """The validation and test rows of every counted run's history, with task, model, seed and chance (%) added.
@@ -39,17 +36,13 @@ def load_curves(results_dir: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _colour(model: str, models: list[str]) -> tuple:
-    order = list(_MODEL_ORDER) + sorted(m for m in models if m not in _MODEL_ORDER)
-    return colormaps["tab10"](order.index(model) % 10)
-
-
 def plot_learning_curves(curves: pd.DataFrame, task: str, path: Path, device_name: str = "") -> Path:
     """One PNG for ``task``: validation accuracy against step (left) and wall time (right), one line per model."""
     df = curves[(curves.task == task) & (curves.split == "validation")]
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2, sharey=True)
-    models = [m for m in _MODEL_ORDER if m in set(df.model)] + sorted(set(df.model) - set(_MODEL_ORDER))
+    models = [m for m in MODEL_ORDER if m in set(df.model)] + sorted(set(df.model) - set(MODEL_ORDER))
+    colour = {m: style["color"] for m, style in model_styles(models).items()}  # as in every other figure
     for model in models:
         rows = df[df.model == model]
         by_step = rows.groupby("step").agg(acc=("acc", "mean"), lo=("acc", "min"), hi=("acc", "max"),
@@ -57,9 +50,9 @@ def plot_learning_curves(curves: pd.DataFrame, task: str, path: Path, device_nam
         n_seeds = rows.seed.nunique()
         label = f"{model} ({n_seeds} seed{'s' if n_seeds > 1 else ''})"
         for ax, x in zip(axes, ("step", "t")):
-            ax.plot(by_step[x], by_step.acc * 100, marker="o", markersize=3, color=_colour(model, models), label=label)
+            ax.plot(by_step[x], by_step.acc * 100, marker="o", markersize=3, color=colour[model], label=label)
             if n_seeds > 1:
-                ax.fill_between(by_step[x], by_step.lo * 100, by_step.hi * 100, color=_colour(model, models),
+                ax.fill_between(by_step[x], by_step.lo * 100, by_step.hi * 100, color=colour[model],
                                 alpha=0.2, linewidth=0)
     chance = df.chance_pct.dropna()
     for ax in axes:
@@ -75,12 +68,8 @@ def plot_learning_curves(curves: pd.DataFrame, task: str, path: Path, device_nam
     axes[1].set_title(f"{task}: by wall time" + (f" on {device_name}" if device_name else ""))
     handles, labels = axes[0].get_legend_handles_labels()
     if len(chance):
-        from matplotlib.lines import Line2D
-
         handles.append(Line2D([], [], color="black", linestyle=":"))
         labels.append(f"chance ({chance.iloc[0]:.0f} %)")
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.86, 0.5), frameon=False, fontsize=8)
     fig.subplots_adjust(left=0.06, right=0.85, bottom=0.14, top=0.9, wspace=0.08)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    return save_figure(fig, Path(path))

@@ -26,7 +26,8 @@ from harness.records import write_atomic
 from harness.tables import FAIL_AS_PCT, accuracy_long, non_benchmark_tasks
 
 __all__ = ["PlotFile", "MODEL_ORDER", "LRA_TASKS", "efficiency_table", "lra_average", "plot_speed_vs_length",
-           "plot_memory_vs_length", "plot_generation", "plot_lra_chart", "length_label", "setup_label", "MEM_KIND"]
+           "plot_memory_vs_length", "plot_generation", "plot_lra_chart", "length_label", "setup_label", "MEM_KIND",
+           "model_styles", "save_figure"]
 
 MODEL_ORDER = ("transformer", "local_attention", "linformer", "performer", "linear_transformer", "lstm", "gru",
                "s4", "s4d", "s5", "lru", "mamba")   # baselines first; fixes each model's colour and marker
@@ -89,7 +90,8 @@ def efficiency_table(eff: pd.DataFrame) -> pd.DataFrame:
     return df[cols].reset_index(drop=True)
 
 
-def _styles(models) -> dict[str, dict]:
+def model_styles(models) -> dict[str, dict]:
+    """Colour, marker and line style of each model: the same in every figure (MODEL_ORDER fixes them)."""
     colours = colormaps["tab10"].colors
     return {m: {"color": colours[i % 10], "marker": _MARKERS[i % len(_MARKERS)],
                 "linestyle": "-" if i < 10 else "--"} for m, i in _model_rank(models).items()}
@@ -164,7 +166,7 @@ def _vs_length(df, column, valid, failed, ylabel, title, fail_label) -> tuple[Fi
     at the top edge in the model's colour, labelled with the model and its status. Returns the models with no
     valid cell."""
     lengths = sorted(int(n) for n in df["seq_len"].unique())
-    styles = _styles(df["model"])
+    styles = model_styles(df["model"])
     fig = Figure(figsize=(10, 5.8), layout="constrained")
     ax = fig.add_subplot()
     top = blended_transform_factory(ax.transData, ax.transAxes)
@@ -205,7 +207,7 @@ def _note(fig: Figure, text: str) -> None:
     fig.text(0.01, 0.012, text, fontsize=8, color="0.3")
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as a PNG atomically: concurrent jobs rewriting one report never leave a broken image."""
     return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
@@ -237,7 +239,7 @@ def plot_speed_vs_length(eff: pd.DataFrame, path: Path, device_name: str | None 
                               "out of memory or over\nthe time budget")
     caption = (f"Training steps/s (median step: forward, backward, AdamW) against L on {device} ({setup}); "
                "x at the top: oom or over budget.")
-    return PlotFile(_save(fig, path), caption + (f" No ok cell: {', '.join(missing)}." if missing else ""))
+    return PlotFile(save_figure(fig, path), caption + (f" No ok cell: {', '.join(missing)}." if missing else ""))
 
 
 def plot_memory_vs_length(eff: pd.DataFrame, path: Path, device_name: str | None = None,
@@ -251,7 +253,7 @@ def plot_memory_vs_length(eff: pd.DataFrame, path: Path, device_name: str | None
                               "out of memory or over\nthe time budget")
     caption = (f"Peak memory of one training step ({kinds}) against L on {device} ({setup}); "
                "x at the top: oom or over budget.")
-    return PlotFile(_save(fig, path), caption + (f" No ok cell: {', '.join(missing)}." if missing else ""))
+    return PlotFile(save_figure(fig, path), caption + (f" No ok cell: {', '.join(missing)}." if missing else ""))
 
 
 def plot_generation(eff: pd.DataFrame, path: Path, device_name: str | None = None,
@@ -276,7 +278,7 @@ def plot_generation(eff: pd.DataFrame, path: Path, device_name: str | None = Non
         caption += f" No recurrent mode: {', '.join(no_mode)}."
     if missing:
         caption += f" No ok cell: {', '.join(missing)}."
-    return PlotFile(_save(fig, path), caption)
+    return PlotFile(save_figure(fig, path), caption)
 
 
 def lra_average(accuracy_records: pd.DataFrame, include_unverified: bool = False) -> pd.DataFrame:
@@ -343,13 +345,13 @@ def plot_lra_chart(eff: pd.DataFrame, accuracy_records: pd.DataFrame, path: Path
     if not ref_lengths:
         ax.text(0.5, 0.5, "no length where the transformer trained ok: no speed ratio", ha="center",
                 transform=ax.transAxes)
-        return PlotFile(_save(fig, path), "LRA chart: not drawn, the transformer has no ok cell on this device.")
+        return PlotFile(save_figure(fig, path), "LRA chart: not drawn, the transformer has no ok cell on this device.")
     at = min(ref_lengths, key=lambda n: (abs(n - length), n))
     cells = df[df["seq_len"] == at].set_index("model")
     acc = lra_average(accuracy_records, include_unverified).set_index("model")
     speed_ok = set(cells.index[cells["speed_vs_transformer"].notna()])
     shown = [m for m in cells.index if m in speed_ok and m in acc.index]
-    styles = _styles(df["model"])
+    styles = model_styles(df["model"])
     xs, mem = cells.loc[shown, "speed_vs_transformer"], cells.loc[shown, "peak_mem_mib"]
     scale = _MAX_AREA_PT2 / mem.max() if mem.notna().any() else 0.0
     area = (mem * scale).fillna(_MIN_AREA_PT2).clip(lower=_MIN_AREA_PT2)
@@ -396,4 +398,4 @@ def plot_lra_chart(eff: pd.DataFrame, accuracy_records: pd.DataFrame, path: Path
     caption = (f"LRA average accuracy against training speed relative to the transformer at {where} on {device} "
                f"({setup}); marker area proportional to peak memory; hollow markers: published accuracy, not "
                "measured here.")
-    return PlotFile(_save(fig, path), caption + (" Left out: " + "; ".join(notes) + "." if notes else ""))
+    return PlotFile(save_figure(fig, path), caption + (" Left out: " + "; ".join(notes) + "." if notes else ""))

@@ -99,4 +99,21 @@ def check_types(fn: Callable | type, kw: dict, what: str) -> None:
         return
     for name, value in kw.items():
         if name in hints and not _accepts(hints[name], value):
-            raise TypeError(f"{what}{name} must be {_describe(hints[name])}, got {value!r} ({type(value).__name__})")
+            raise option_error(TypeError, name, f"{what}{name} must be {_describe(hints[name])}, got {value!r} "
+                                                f"({type(value).__name__})")
+
+
+def check_ranges(what: str, values: dict, rules: list[tuple[str, bool, str]]) -> None:
+    """Raise a ValueError for the first ``(name, ok, wanted)`` rule that does not hold, e.g. ``train.epochs must be a
+    number > 0, got -1`` (``what`` + name)."""
+    for name, ok, want in rules:
+        if not ok:
+            raise option_error(ValueError, name, f"{what}{name} must be {want}, got {values[name]!r}")
+
+
+def option_error(kind: type[Exception], option: str, message: str) -> Exception:
+    """``kind(message)`` that also says which option it is about (``.option``), so that a caller can name where the
+    value came from without reading the message."""
+    err = kind(message)
+    err.option = option
+    return err

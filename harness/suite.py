@@ -211,12 +211,15 @@ def _check_plans(cfg: DictConfig) -> None:
                   plan["seed"], plan["error"])
 
 
+RECORD_RETRIES, RECORD_RETRY_WAIT_S = 3, 1.0  # a record write is tried 3 times, 1 s then 2 s apart
+
+
 class _RecordStore:
     """Writes records as they come; one that cannot be written (full disk) is kept in memory, retried with every
     later write and once more at the end, and handed back by ``unwritten``."""
 
-    def __init__(self, results_dir: Path, retries: int = 3, wait_s: float = 1.0):
-        self.results_dir, self.retries, self.wait_s = results_dir, retries, wait_s
+    def __init__(self, results_dir: Path):
+        self.results_dir = results_dir
         self.pending: list[RunRecord] = []
 
     def add(self, rec: RunRecord) -> Path | None:
@@ -228,14 +231,14 @@ class _RecordStore:
     def flush(self) -> dict[int, Path]:
         written = {}
         for rec in list(self.pending):
-            for attempt in range(self.retries):
+            for attempt in range(RECORD_RETRIES):
                 try:
                     written[id(rec)] = write_record(rec, self.results_dir)
                     self.pending.remove(rec)
                     break
                 except OSError as exc:
-                    if attempt + 1 < self.retries:
-                        time.sleep(self.wait_s * 2 ** attempt)
+                    if attempt + 1 < RECORD_RETRIES:
+                        time.sleep(RECORD_RETRY_WAIT_S * 2 ** attempt)
                         continue
                     log.error("record of %s / %s / seed %d NOT written (%s); kept in memory, retried with the next "
                               "record and at the end, printed as JSON if it still cannot be written",

@@ -31,7 +31,7 @@ from harness.history import History
 from harness.measure import PeakMemory, StepTimer
 from harness.optim import cosine_with_warmup, param_groups
 from harness.records import RunRecord
-from harness.registry import check_types
+from harness.registry import check_ranges, check_types
 from tasks.registry import Task
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -79,9 +79,7 @@ class TrainConfig:
                   "an integer >= 1 or null"),
                  ("checkpoint_every_s", self.checkpoint_every_s is None or self.checkpoint_every_s > 0,
                   "a number > 0 or null")]
-        for name, ok, want in rules:
-            if not ok:
-                raise ValueError(f"train.{name} must be {want}, got {getattr(self, name)!r}")
+        check_ranges("train.", vars(self), rules)
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from harness.registry import check_types
+from harness.registry import check_ranges, check_types
 from models.registry import build_layer
 
 
@@ -50,14 +50,12 @@ class BackboneConfig:
 
     def __post_init__(self) -> None:
         check_types(BackboneConfig, vars(self), what="backbone.")
-        for name, ok, want in [("d_model", self.d_model >= 1, "an integer >= 1"),
-                               ("n_layers", self.n_layers >= 1, "an integer >= 1"),
-                               ("dropout", 0 <= self.dropout < 1, "a number in [0, 1)"),
-                               ("ff_expand", self.ff_expand >= 0, "an integer >= 0"),
-                               ("dual_hidden", self.dual_hidden >= 0, "an integer >= 0"),
-                               ("bn_momentum", 0 <= self.bn_momentum <= 1, "a number in [0, 1]")]:
-            if not ok:
-                raise ValueError(f"backbone.{name} must be {want}, got {getattr(self, name)!r}")
+        check_ranges("backbone.", vars(self), [("d_model", self.d_model >= 1, "an integer >= 1"),
+                                               ("n_layers", self.n_layers >= 1, "an integer >= 1"),
+                                               ("dropout", 0 <= self.dropout < 1, "a number in [0, 1)"),
+                                               ("ff_expand", self.ff_expand >= 0, "an integer >= 0"),
+                                               ("dual_hidden", self.dual_hidden >= 0, "an integer >= 0"),
+                                               ("bn_momentum", 0 <= self.bn_momentum <= 1, "a number in [0, 1]")])
 
 
 class MaskedBatchNorm(nn.Module):

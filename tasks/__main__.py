@@ -80,11 +80,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         if len(urls) != 1:
             raise SystemExit(f"--from stages one archive; {', '.join(names)} need {len(urls) or 'no'} different ones")
     staged: set[str] = set()
-    in_place = [name for name in names if _reads_in_place(name, overrides)]
+    in_place = {name: how for name in names if (how := _reads_in_place(name, overrides))}
     wanted = {name: name not in in_place and bool(args.source or args.release or not archives_optional(name))
               for name in names}
-    for name in in_place:
-        print(f"{name}: reading the copy given by {_reads_in_place(name, overrides)} in place; nothing to stage")
+    for name, how in in_place.items():
+        print(f"{name}: reading the copy given by {how} in place; nothing to stage")
     for name in names:  # stage everything first: a task that reads its release when staged (auto) then sees it
         for archive in archives_for(name) if wanted[name] else ():
             if archive.url in staged or (not args.source and archive_ready(archive, args.data_dir)):

@@ -288,10 +288,7 @@ def test_a_record_write_that_fails_is_retried_with_the_next_one(case, monkeypatc
         return real(rec, results_dir)
 
     monkeypatch.setattr(harness.suite, "write_record", flaky)
-    monkeypatch.setattr(harness.suite._RecordStore, "__init__",
-                        lambda self, results_dir: (setattr(self, "results_dir", results_dir),
-                                                   setattr(self, "retries", 3), setattr(self, "wait_s", 0.01),
-                                                   setattr(self, "pending", []))[0])
+    monkeypatch.setattr(harness.suite, "RECORD_RETRY_WAIT_S", 0.01)
     got = case.run("models=[lstm,transformer]")
     assert calls == ["lstm"] * 4 + ["transformer"] and got["lstm"].ok
     df = load_records(case.results)
