@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from harness.env import set_offline_defaults
+from core.env import set_offline_defaults
 
 set_offline_defaults()  # before datasets / pykeops are imported
 

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from harness.env import device_name, git_commit, resolve_device, set_offline_defaults  # noqa: E402
+from core.env import device_name, git_commit, resolve_device, set_offline_defaults  # noqa: E402
+from harness.measure import is_oom  # noqa: E402
 
 H, CAUCHY_R, CAUCHY_N, VANDER_R, VANDER_N = 256, 6, 64, 2, 32
 FIELDS = ["timestamp", "device_name", "torch_version", "git_commit", "backend", "op", "mode",
@@ -95,10 +96,6 @@ def time_call(call, device: torch.device, repeats: int, budget_s: float) -> tupl
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), len(times)
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(exc).lower()
 
 
 def available_backends(requested: list[str] | None, device: torch.device) -> list[str]:

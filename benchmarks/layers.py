@@ -33,7 +33,6 @@ MODELS = {
 
 
 def _build(name: str, h: int, length: int):
-    import torch
     from torch import nn
 
     import models  # noqa: F401
@@ -63,7 +62,7 @@ def run_one(name: str, batch: int, h: int, length: int, repeats: int, device: st
     """Child process: time forward+backward (median of repeats after one warm-up) and peak memory."""
     import torch
 
-    from harness.env import resolve_device
+    from core.env import resolve_device
     from harness.measure import PeakMemory, synchronize
 
     dev = resolve_device(device)
@@ -110,7 +109,7 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from harness.env import device_name, git_commit, resolve_device, set_offline_defaults
+    from core.env import device_name, git_commit, resolve_device, set_offline_defaults
 
     set_offline_defaults()
     dev = resolve_device(args.device)

@@ -89,7 +89,7 @@ def measure_cell(cell: dict) -> dict:
     import torch.nn.functional as F
 
     import models  # noqa: F401  (registers the layers)
-    from harness.env import resolve_device
+    from core.env import resolve_device
     from harness.measure import PeakMemory, synchronize
     from harness.optim import param_groups
     from models.backbone import build_model
@@ -208,7 +208,7 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from harness.env import device_name, git_commit, resolve_device, set_offline_defaults
+    from core.env import device_name, git_commit, resolve_device, set_offline_defaults
 
     set_offline_defaults()
     dev = resolve_device(args.device)

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.env import device_name, git_commit  # noqa: E402
+from core.env import device_name, git_commit  # noqa: E402
 from tasks import pathfinder_cache as cache  # noqa: E402
 from tasks import pathfinder_gen as gen  # noqa: E402
 

@@ -28,7 +28,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.env import device_name, git_commit  # noqa: E402
+from core.env import device_name, git_commit  # noqa: E402
 from tasks.fetch import default_data_dir  # noqa: E402
 from tasks.pathfinder import split_indices  # noqa: E402
 from tasks.pathfinder_cache import ensure_generated, load_generated  # noqa: E402

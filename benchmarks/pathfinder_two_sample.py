@@ -50,7 +50,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.env import device_name, git_commit  # noqa: E402
+from core.env import device_name, git_commit  # noqa: E402
 from tasks.pathfinder_gen import DIFFICULTIES, FORMAT_VERSION, lra_params, render, sample_examples  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

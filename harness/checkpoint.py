@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from harness.records import write_atomic
+from core.files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,6 @@ source it cites, copied into the record's task info); ``Run.sources`` maps every
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
 import logging
 from dataclasses import dataclass, field, fields
@@ -39,11 +37,12 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.configs import CONFIGS, config_exists, hydra_context, read_config, task_options
+
 __all__ = ["CONFIGS", "Run", "check_command_line", "suite_lists", "read_config", "config_exists", "command_line", "recipe_layers", "resolve_run",
            "resolve_run_config", "task_options", "efficiency_layer", "compose_config"]
 
 log = logging.getLogger(__name__)
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 COMMAND_LINE = "command line"
 RECIPE_KEYS = ("base", "all_tasks", "per_task", "comparison")
 MODEL_FILE_KEYS = ("name", "hparams", "backbone", "train", "task", "per_task", "causal")
@@ -62,52 +61,6 @@ class Run:
     def as_json_dict(self) -> dict[str, Any]:
         return {"task": self.task, "model": self.model, "seed": self.seed, "config": self.config,
                 "sources": self.sources}
-
-
-# -- reading config files: one way ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _hydra_context() -> Iterator[None]:
-    """Hydra's compose needs an initialised Hydra: the running application's (run_suite.py) or, outside one, ours."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        yield
-    else:
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            yield
-
-
-def config_exists(path: str) -> bool:
-    return (CONFIGS / f"{path}.yaml").is_file()
-
-
-def read_config(path: str) -> dict[str, Any]:
-    """The content of ``configs/<path>.yaml`` (e.g. ``model/s4``, ``recipes/lra/s4``, ``suite/quick``) as plain
-    containers, interpolations resolved; the file's package nesting (``model:``, ``recipes: lra:``) removed. Each
-    file is composed once per process (and per modification time); callers get their own copy."""
-    if not config_exists(path):
-        raise FileNotFoundError(f"no configs/{path}.yaml")
-    return copy.deepcopy(_read_config((CONFIGS / f"{path}.yaml").stat().st_mtime_ns, path))
-
-
-@functools.lru_cache(maxsize=None)
-def _read_config(mtime_ns: int, path: str) -> dict[str, Any]:
-    from hydra import compose
-
-    with _hydra_context():
-        cfg = compose(config_name=path)
-    node = OmegaConf.to_container(cfg, resolve=True)
-    for part in path.split("/")[:-1]:  # a group file's content sits under its group's keys
-        if isinstance(node, dict) and set(node) == {part}:
-            node = node[part]
-    return node or {}
-
-
-def task_options(task: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The options of ``configs/task/<task>.yaml``, with ``overrides`` on top (``python -m tasks``)."""
-    opts = dict(read_config(f"task/{task}").get("options") or {}) if config_exists(f"task/{task}") else {}
-    return {**opts, **(overrides or {})}
 
 
 # -- the command line -------------------------------------------------------------------------------------------
@@ -507,14 +460,14 @@ def _check_values(config: dict[str, Any], sources: dict[str, str]) -> None:
     """Refuse, before anything runs, a value of the wrong type (``train.grad_clip=abc``, an empty ``train.max_steps=``,
     ``length=abc``) or a size that trains or selects nothing (``train.epochs=-1``, ``backbone.n_layers=0``): the
     message names the option, the value and the file or command line that set it."""
-    from harness.registry import check_types
+    from core.registry import check_types
     from harness.train import TrainConfig
     from models.backbone import BackboneConfig
     from models.registry import layer_factory
-    from tasks.registry import _TASKS
+    from tasks.registry import task_builder
 
     model = config["model"]
-    checks = [("task.options", lambda: check_types(_TASKS.get(config["task"]["name"]), config["task"]["options"],
+    checks = [("task.options", lambda: check_types(task_builder(config["task"]["name"]), config["task"]["options"],
                                                   f"task {config['task']['name']!r} option ")),
               ("model.hparams", lambda: check_types(layer_factory(model["name"]), model.get("hparams") or {},
                                                     f"layer {model['name']!r} option ")),
@@ -542,6 +495,6 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     from hydra import compose
 
     overrides = list(overrides or [])
-    with _hydra_context():
+    with hydra_context():
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     return cfg

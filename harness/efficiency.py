@@ -203,7 +203,7 @@ def measure_cell(model: str, length: int, cfg: EfficiencyConfig, settings: dict[
     import torch.nn.functional as F
 
     import models  # noqa: F401  (registers the layers)
-    from harness.env import resolve_device
+    from core.env import resolve_device
     from harness.measure import PeakMemory, synchronize
     from harness.optim import param_groups
     from models.backbone import build_model
@@ -303,7 +303,7 @@ def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | 
     new records in that order."""
     import torch
 
-    from harness.env import device_name, git_commit, resolve_device
+    from core.env import device_name, git_commit, resolve_device
 
     dev = resolve_device(cfg.device)
     base = dict(suite=suite, batch_size=cfg.batch_size, d_model=cfg.d_model, n_layers=cfg.n_layers,

@@ -21,7 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.records import arrow_schema, write_atomic
+from core.files import write_atomic
+from harness.records import arrow_schema
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import blended_transform_factory
 
 from harness.reference import published_accuracy, short_source
-from harness.records import write_atomic
+from core.files import write_atomic
 from harness.tables import FAIL_AS_PCT, accuracy_long, non_benchmark_tasks
 
 __all__ = ["PlotFile", "MODEL_ORDER", "LRA_TASKS", "efficiency_table", "lra_average", "plot_speed_vs_length",

@@ -10,20 +10,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-STATUSES = ("ok", "oom", "diverged", "skipped", "error")  # "skipped: <why>" and "error: <message>" carry a reason
-
+from core.files import write_atomic
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -74,41 +72,6 @@ def arrow_schema(record_type: type) -> pa.Schema:
     kinds = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
     return pa.schema([pa.field(f.name, kinds[f.type.split(" ")[0] if isinstance(f.type, str) else f.type.__name__])
                       for f in dataclasses.fields(record_type)])
-
-
-def write_atomic(path: str | Path, content: str | Callable[[Path], object]) -> Path:
-    """Write ``content`` (text, or ``content(tmp)`` writes the file) to a unique temporary name in ``path``'s folder,
-    fsync, rename it to ``path`` and fsync the folder. The rename is atomic on a POSIX file system (NFS included):
-    readers and concurrent writers never see a partial file, the last rename wins, and a crash leaves the old file
-    or the new one. The temporary is removed whatever happens (``.<name>.<random>.tmp`` if a kill prevents it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")   # unique across processes and hosts
-    try:
-        if isinstance(content, str):
-            tmp.write_text(content, encoding="utf-8")
-        else:
-            content(tmp)
-        with open(tmp, "rb") as fh:   # the bytes reach the disk before the rename makes them visible
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)       # and the rename itself survives a crash of the machine
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_row(rec: Any, out_dir: Path, stem: str) -> Path:

@@ -26,7 +26,7 @@ from harness.curves import load_curves, plot_learning_curves
 from harness.efficiency import EfficiencyRecord, efficiency_dir, load_efficiency_records
 from harness.records import RunRecord, load_records, records_dir
 from harness.reference import published_efficiency
-from harness.records import write_atomic
+from core.files import write_atomic
 from harness.tables import MAX_REWRITES, format_table_markdown, stored_files
 
 __all__ = ["write_report", "main"]

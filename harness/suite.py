@@ -24,10 +24,11 @@ from harness.checkpoint import Checkpointer, RunLock
 from harness.config import COMMAND_LINE, check_command_line, resolve_run, resolve_run_config, suite_lists
 from harness.distributed import barrier, broadcast, init_from_env, is_main, local_device, rank_world, shutdown
 from harness.efficiency import EfficiencyConfig, run_efficiency
-from harness.env import device_name, git_commit, resolve_device
+from core.env import device_name, git_commit, resolve_device
 from harness.history import History
 from harness.measure import is_oom
-from harness.records import RunRecord, config_hash, load_records, records_dir, write_atomic, write_record
+from core.files import write_atomic
+from harness.records import RunRecord, config_hash, load_records, records_dir, write_record
 from harness.report import write_report
 from harness.tables import write_tables
 from harness.train import TrainConfig, fit

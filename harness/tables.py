@@ -29,7 +29,8 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from harness.records import load_records, records_dir, write_atomic
+from core.files import write_atomic
+from harness.records import load_records, records_dir
 from harness.reference import published_accuracy, short_source
 
 __all__ = ["latest_runs", "accuracy_long", "accuracy_table", "format_table_markdown", "write_tables", "stored_files"]

@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 
 from harness.checkpoint import CheckpointMismatch, Checkpointer
 from harness.distributed import EpochBatches, all_sum, broadcast, gather, loader_with, rank_world, shard_batches
-from harness.env import device_name, git_commit, resolve_device
+from core.env import device_name, git_commit, resolve_device
 from harness.history import History
 from harness.measure import PeakMemory, StepTimer
 from harness.optim import cosine_with_warmup, param_groups
 from harness.records import RunRecord
-from harness.registry import check_ranges, check_types
+from core.registry import check_ranges, check_types
 from tasks.registry import Task
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

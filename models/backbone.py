@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from harness.registry import check_ranges, check_types
+from core.registry import check_ranges, check_types
 from models.registry import build_layer
 
 

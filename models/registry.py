@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from harness.registry import Registry
+from core.registry import Registry
 
 __all__ = ["register_layer", "build_layer", "list_layers", "layer_factory", "kernel_backends"]
 

@@ -27,10 +27,13 @@ from typing import Any
 
 import yaml
 
-from harness.env import set_offline_defaults
+from core.configs import CONFIGS, read_config, task_options
+from core.env import set_offline_defaults
 
-GROUPS = {"lra": ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]}
-GROUPS["extended"] = GROUPS["lra"] + ["scifar", "speech_commands"]
+
+def suite_groups() -> dict[str, list[str]]:
+    """Every suite as a group of tasks (``prepare lra`` stages the tasks of configs/suite/lra.yaml)."""
+    return {p.stem: list(read_config(f"suite/{p.stem}").get("tasks") or []) for p in sorted(CONFIGS.glob("suite/*.yaml"))}
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -43,21 +46,15 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def task_options(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The options of configs/task/<name>.yaml, with overrides on top (read by the one config reader)."""
-    from harness.config import task_options as configured
-
-    return configured(name, overrides)
-
-
 def _expand(names: list[str]) -> list[str]:
     from tasks import list_tasks
 
-    out = [t for n in names for t in GROUPS.get(n, [n])]
+    groups = suite_groups()
+    out = [t for n in names for t in (groups[n] if n in groups and n not in list_tasks() else [n])]
     unknown = [n for n in out if n not in list_tasks()]
     if unknown:
         raise SystemExit(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(list_tasks())}, and groups "
-                         f"{', '.join(GROUPS)}")
+                         f"{', '.join(groups)} (the suites)")
     return list(dict.fromkeys(out))
 
 
@@ -72,7 +69,7 @@ def _release_overrides(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tasks import build_task, data_source
     from tasks.fetch import archive_ready, archives_for, archives_optional, fetch_archive, stage_archive_from
-    from tasks.registry import _TASKS
+    from tasks.registry import task_builder
 
     names, overrides = _expand(args.tasks), _overrides(args.options)
     if args.source:
@@ -93,7 +90,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 try:
                     path = stage_archive_from(archive, args.source, args.data_dir)
                 except ValueError as exc:  # e.g. a listops-1000/ folder alone: not the archive, but readable in place
-                    if "release_dir" not in inspect.signature(_TASKS.get(name)).parameters:
+                    if "release_dir" not in inspect.signature(task_builder(name)).parameters:
                         raise
                     raise ValueError(f"{exc}; to read a folder of {name}'s own files in place instead: python -m "
                                      f"tasks prepare {name} release_dir={args.source}") from None
@@ -128,9 +125,9 @@ IN_PLACE_OPTIONS = ("release_dir", "root", "path")  # task options naming a loca
 def _reads_in_place(name: str, overrides: dict[str, Any]) -> str | None:
     """``"<option>=<value>"`` when the command line points task ``name`` at a local copy of its data that it reads
     where it lies (``release_dir=``, ``root=``, ``path=``): then nothing is downloaded or staged for it."""
-    from tasks.registry import _TASKS
+    from tasks.registry import task_builder
 
-    params = inspect.signature(_TASKS.get(name)).parameters
+    params = inspect.signature(task_builder(name)).parameters
     for option in IN_PLACE_OPTIONS:
         if option in params and overrides.get(option) is not None:
             return f"{option}={overrides[option]}"
@@ -217,13 +214,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from tasks import build_task, data_source
-    from tasks.registry import _TASKS
+    from tasks.registry import task_builder
 
     name, overrides = _expand([args.task])[0], _overrides(args.options)
     if name not in IMAGE_TASKS:  # said before anything is generated or read (ListOps would generate 1.4 GB first)
         raise SystemExit(f"render draws image tasks ({', '.join(sorted(IMAGE_TASKS))}); {name} is not one")
     options = task_options(name, overrides)
-    accepted = inspect.signature(_TASKS.get(name)).parameters
+    accepted = inspect.signature(task_builder(name)).parameters
     reads_release = (data_source(name, args.data_dir, **options) or ("",))[0] == "release"
     if "n_examples" in accepted and "n_examples" not in overrides and not reads_release:
         options["n_examples"] = max(10 * args.n, 100)  # a small generated set is enough to look at
@@ -255,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(default_data_dir()), help="default: $LRB_DATA_DIR or ~/.cache/lrbench/data")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="generate or stage the data of tasks (or groups: lra, extended)")
+    p = sub.add_parser("prepare", help="generate or stage the data of tasks (or of every task of a suite: lra, extended, ...)")
     p.add_argument("tasks", nargs="+", help="task names or groups, then key=value task option overrides")
     p.add_argument("--from", dest="source", help="a local archive file or its unpacked folder, instead of downloading; "
                    "listops, pathfinder, pathx are then built from the release (not generated)")

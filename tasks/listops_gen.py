@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import socket
 from pathlib import Path
 from typing import Any, BinaryIO, Union
 
 from tqdm import tqdm
+
+from core.files import atomic_path, write_atomic
 
 __all__ = ["OPERATORS", "END", "SPLIT_FILES", "FORMAT_VERSION", "Tree", "generate_tree", "tree_to_string",
            "evaluate", "generate_listops", "ensure_generated", "files_sha256"]
@@ -85,13 +85,6 @@ def evaluate(tree: Tree) -> int:
     raise ValueError(f"unknown operator {op!r}; known: {', '.join(OPERATORS)}")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write under a temporary name, then rename: readers never see a half-written file."""
-    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_split(f: BinaryIO, n: int, rng: random.Random, seen: set[bytes], bar: tqdm, min_length: int,
                  max_length: int, max_depth: int, max_args: int) -> str:
     """Write the header and ``n`` new trees to ``f``; returns the sha256 of what was written."""
@@ -139,13 +132,8 @@ def generate_listops(out_dir: str | Path, n_train: int = 96_000, n_val: int = 2_
     with tqdm(total=sum(counts.values()), desc="ListOps: generating", unit="tree", disable=not progress) as bar:
         for split, n in counts.items():
             path = out_dir / SPLIT_FILES[split]
-            tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-            try:
-                with open(tmp, "wb") as f:
-                    digests[path.name] = _write_split(f, n, rng, seen, bar, min_length, max_length, max_depth, max_args)
-                os.replace(tmp, path)  # complete: only now under its final name
-            finally:
-                tmp.unlink(missing_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:  # complete: only then under its final name
+                digests[path.name] = _write_split(f, n, rng, seen, bar, min_length, max_length, max_depth, max_args)
     return digests
 
 
@@ -184,5 +172,5 @@ def ensure_generated(out_dir: str | Path, params: dict[str, Any], progress: bool
             return False
         record_path.unlink(missing_ok=True)  # stale: invalidate before touching the files (another job may have)
     digests = generate_listops(out_dir, **params, progress=progress)
-    _write_atomic(record_path, (json.dumps({**wanted, "sha256": digests}, indent=2) + "\n").encode())
+    write_atomic(record_path, (json.dumps({**wanted, "sha256": digests}, indent=2) + "\n").encode())
     return True

@@ -6,8 +6,8 @@ Layout of a generated set ``<data_dir>/pathfinder/generated/<name>/`` (N images 
     A folder whose record differs (other settings, a new format) has its shards and arrays deleted.
   * ``shard-00012.parquet``: examples [12 C, min(13 C, N)) for chunk size C (fixed boundaries by index, so the
     shards do not depend on the worker count); columns ``index`` int64, ``label`` int8 (drawn per image), ``image``
-    fixed_size_list<uint8>[S^2] (row-major); zstd, with page checksums. Each is written to a ``.tmp-<host>-<pid>``
-    file and renamed, so an interrupted run (even ``kill -9``) leaves complete shards and at most stray
+    fixed_size_list<uint8>[S^2] (row-major); zstd, with page checksums. Each is written to a ``.<name>.<random>.tmp``
+    file and renamed (``core.files``), so an interrupted run (even ``kill -9``) leaves complete shards and at most stray
     temporary files, which the next run deletes.
   * ``images.npy`` (N, S, S) uint8 and ``labels.npy`` (N,) uint8, assembled from the shards once all exist;
     loaded with ``mmap_mode='r'`` (Path-X is 200,000 x 16,384 bytes = 3.3 GB, never read whole). Disk for
@@ -24,9 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import queue as queue_module
-import socket
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from core.files import atomic_path, write_atomic
 from tasks import pathfinder_gen as gen
 
 __all__ = ["CHUNK_SIZE", "shard_name", "ensure_generated", "load_generated", "read_shard"]
@@ -56,10 +55,9 @@ def _record(p: gen.PathfinderParams, n_examples: int, data_seed: int, chunk_size
                        "chunk_size": chunk_size}}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append .npy to a name
+        np.save(f, array)
 
 
 def _sha256(path: Path) -> str:
@@ -87,12 +85,7 @@ def _make_shard(job: tuple[Path, gen.PathfinderParams, int, int, int, int],
     table = pa.table({"index": index, "label": labels,
                       "image": pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), p.image_size ** 2)})
     path = folder / shard_name(k)
-    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_page_checksum=True))
     return k
 
 
@@ -159,26 +152,23 @@ def _init_worker(progress: Any) -> None:
 def _assemble(folder: Path, wanted: dict[str, Any], bounds: list[tuple[int, int]], size: int) -> None:
     """images.npy and labels.npy from the shards, then the finished marker."""
     n = wanted["params"]["n_examples"]
-    tmp = folder / f"images.npy.tmp-{socket.gethostname()}-{os.getpid()}"
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
     labels = np.empty(n, np.uint8)
     shards = []
-    for k, (start, stop) in enumerate(bounds):
-        path = folder / shard_name(k)
-        _, labels[start:stop], images[start:stop] = read_shard(path, size)
-        shards.append({"name": path.name, "rows": stop - start, "bytes": path.stat().st_size, "sha256": _sha256(path)})
-    images.flush()
-    del images
-    os.replace(tmp, folder / "images.npy")
-    buf = folder / f"labels.npy.tmp-{socket.gethostname()}-{os.getpid()}"
-    with open(buf, "wb") as f:
-        np.save(f, labels)
-    os.replace(buf, folder / "labels.npy")
+    with atomic_path(folder / "images.npy") as tmp:
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
+        for k, (start, stop) in enumerate(bounds):
+            path = folder / shard_name(k)
+            _, labels[start:stop], images[start:stop] = read_shard(path, size)
+            shards.append({"name": path.name, "rows": stop - start, "bytes": path.stat().st_size,
+                           "sha256": _sha256(path)})
+        images.flush()
+        del images
+    write_atomic(folder / "labels.npy", lambda tmp: _save_npy(tmp, labels))
     listing = json.dumps(shards, sort_keys=True).encode()
     marker = {"record": wanted, "shards": shards, "sha256": hashlib.sha256(listing).hexdigest(),
               "images_shape": [n, size, size], "images_bytes": (folder / "images.npy").stat().st_size,
               "labels_bytes": (folder / "labels.npy").stat().st_size}
-    _write_atomic(folder / MARKER, (json.dumps(marker, indent=1) + "\n").encode())
+    write_atomic(folder / MARKER, (json.dumps(marker, indent=1) + "\n").encode())
 
 
 def ensure_generated(folder: Path, p: gen.PathfinderParams, n_examples: int, data_seed: int, workers: int = 0,
@@ -199,7 +189,7 @@ def ensure_generated(folder: Path, p: gen.PathfinderParams, n_examples: int, dat
     if _marker_ok(folder, wanted, size):
         return 0
     (folder / MARKER).unlink(missing_ok=True)
-    for stray in folder.glob("*.tmp-*"):
+    for stray in folder.glob(".*.tmp"):
         stray.unlink(missing_ok=True)
     try:
         same = json.loads((folder / RECORD).read_text()) == wanted
@@ -208,7 +198,7 @@ def ensure_generated(folder: Path, p: gen.PathfinderParams, n_examples: int, dat
     if not same:  # another setting or format: nothing here can be reused
         for old in [*folder.glob("shard-*.parquet"), folder / "images.npy", folder / "labels.npy"]:
             old.unlink(missing_ok=True)
-        _write_atomic(folder / RECORD, (json.dumps(wanted, indent=2) + "\n").encode())
+        write_atomic(folder / RECORD, (json.dumps(wanted, indent=2) + "\n").encode())
     bounds = [(s, min(s + chunk_size, n_examples)) for s in range(0, n_examples, chunk_size)]
     expected = {shard_name(k) for k in range(len(bounds))}
     for extra in folder.glob("shard-*.parquet"):

@@ -387,7 +387,7 @@ def _extend(p: PathfinderParams, t: _Tables, mask: np.ndarray, dmask: np.ndarray
 def _target_round(p: PathfinderParams, t: _Tables, u: np.ndarray):
     """``two_snakes`` for each row of u (n, X): the rows that succeeded, their paddles (k, 2, cl, 3) and grids."""
     S, reps, steps, sd = p.image_size, p.max_paddle_retrial + 1, p.contour_length - 1, p.seed_distance
-    n, ar = len(u), np.arange(len(u))
+    ar = np.arange(len(u))
     # first seed (s2:122-167): orientation, then a tail among the free pixels for it (none: the pair fails)
     o = (u[:, :reps] * 360).astype(int)
     nfree = t.nfree1[o]

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 from torch.utils.data import DataLoader
 
-from harness.registry import Registry, check_kwargs
+from core.registry import Registry, check_kwargs
 
 __all__ = ["TaskSpec", "Task", "DatasetMissingError", "register_task", "build_task", "list_tasks", "task_spec",
-           "data_source"]
+           "data_source", "task_builder"]
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -115,6 +115,11 @@ def task_spec(name: str, **options: Any) -> TaskSpec:
 
 def list_tasks() -> list[str]:
     return _TASKS.names()
+
+
+def task_builder(name: str) -> Callable[..., Task]:
+    """The registered builder of ``name`` (its signature lists the task's options)."""
+    return _TASKS.get(name)
 
 
 def build_task(name: str, data_dir: str | Path, **kw: Any) -> Task:

@@ -8,7 +8,7 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():  # no GPU: Triton kernels run on CPU through its interpreter; set before any
     os.environ.setdefault("TRITON_INTERPRET", "1")  # kernel is defined. A GPU machine uses the real compiler.
 
-from harness.env import set_offline_defaults  # noqa: E402
+from core.env import set_offline_defaults  # noqa: E402
 
 set_offline_defaults()
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from harness.train import TrainConfig
 from models.backbone import BackboneConfig, build_model
-from models.registry import _LAYERS
+from models.registry import layer_factory
 from tasks.registry import TaskSpec, list_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_transformer_block_is_lras_base_config(task):
     bb, hp, tr = cfg["backbone"], cfg["hparams"], cfg["train"]
     BackboneConfig(**bb)
     TrainConfig(**tr)
-    assert set(hp) <= set(inspect.signature(_LAYERS.get("transformer")).parameters)
+    assert set(hp) <= set(inspect.signature(layer_factory("transformer")).parameters)
     assert (bb["d_model"], bb["n_layers"], hp["n_heads"]) == (want["d"], want["layers"], want["heads"])
     assert bb["ff_expand"] * bb["d_model"] == want["mlp"]
     assert (bb["dropout"], hp["attn_dropout"], bb["pos_encoding"]) == (want["drop"], want["attn"], want["pos"])

@@ -101,10 +101,10 @@ def test_every_suite_resolves_for_every_pair(suite):
     import inspect
 
     from models.backbone import BackboneConfig
-    from models.registry import _LAYERS
+    from models.registry import layer_factory
     from harness.suite import resolve_run_config
     from harness.train import TrainConfig
-    from tasks.registry import _TASKS
+    from tasks.registry import task_builder
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=[f"suite={suite}"])
@@ -112,9 +112,9 @@ def test_every_suite_resolves_for_every_pair(suite):
     for (task, model), run in runs.items():
         TrainConfig(**run["train"])
         BackboneConfig(**run["model"].get("backbone", {}))
-        accepted = set(inspect.signature(_TASKS.get(task)).parameters)
+        accepted = set(inspect.signature(task_builder(task)).parameters)
         assert set(run["task"]["options"]) <= accepted, (task, model, set(run["task"]["options"]) - accepted)
-        layer_params = set(inspect.signature(_LAYERS.get(run["model"]["name"])).parameters)
+        layer_params = set(inspect.signature(layer_factory(run["model"]["name"])).parameters)
         assert set(run["model"].get("hparams", {})) <= layer_params, (task, model)
 
 

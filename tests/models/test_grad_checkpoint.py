@@ -11,7 +11,7 @@ import torch
 
 import models  # noqa: F401  (registers the layers)
 from models.backbone import build_model
-from models.registry import _LAYERS, list_layers
+from models.registry import layer_factory, list_layers
 from tasks.registry import TaskSpec
 
 TOKENS = TaskSpec("tok", n_classes=5, l_max=48, chance_acc=0.2, vocab_size=20)
@@ -23,7 +23,7 @@ TINY = {"s4": {"d_state": 8}, "s4d": {"d_state": 8}, "s5": {"d_state": 8, "block
 
 def random_hparams(name: str) -> dict:
     """Every source of randomness the layer has, switched on: its dropouts (and stacked RNN layers for theirs)."""
-    accepts = inspect.signature(_LAYERS.get(name)).parameters
+    accepts = inspect.signature(layer_factory(name)).parameters
     hp = dict(TINY.get(name, {}))
     for key in ("dropout", "attn_dropout", "rnn_dropout"):
         if key in accepts:

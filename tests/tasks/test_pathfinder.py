@@ -199,12 +199,12 @@ def test_interrupted_or_damaged_shards_are_regenerated_alone(tmp_path: Path, mon
     with pytest.raises(KeyboardInterrupt):
         cache.ensure_generated(folder, easy, 20, 0, progress=False, chunk_size=8)
     assert sorted(os.listdir(folder)) == ["params.json", cache.shard_name(0), cache.shard_name(1)]
-    (folder / "shard-00000.parquet.tmp-1").write_bytes(b"partial")  # as a kill -9 while writing leaves it
+    (folder / ".shard-00000.parquet.0123abcd.tmp").write_bytes(b"partial")  # as a kill -9 while writing leaves it
     drawn.clear()
     stop_at[0] = -1
     assert cache.ensure_generated(folder, easy, 20, 0, progress=False, chunk_size=8) == 1
     assert drawn == list(range(16, 20)) and (folder / "images.npy").read_bytes() == whole
-    assert not list(folder.glob("*.tmp-*"))
+    assert not list(folder.glob(".*.tmp"))
     assert cache.ensure_generated(folder, easy, 20, 0, progress=False, chunk_size=8) == 0  # complete: nothing drawn
     assert drawn == list(range(16, 20))
     (folder / cache.shard_name(1)).unlink()

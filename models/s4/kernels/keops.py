@@ -12,7 +12,7 @@ complex128 in float64. Gradients come from KeOps' own autodiff of the formula (f
 which on the real views gives exactly PyTorch's complex convention grad_in = grad_out * conj(d out / d in).
 
 Each (formula, dtype, device) is compiled once into KEOPS_CACHE_FOLDER (project-local by default, see
-harness.env.set_offline_defaults); the first compile of one formula takes ~20 s on a 2-core CPU.
+core.env.set_offline_defaults); the first compile of one formula takes ~20 s on a 2-core CPU.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from functools import lru_cache
 
 import torch
 
-from harness.env import set_offline_defaults
-from models.s4.kernels.reference import _check, cauchy_ref
+from core.env import set_offline_defaults
+from models.s4.kernels.reference import cauchy_ref, check_operands
 
 set_offline_defaults()  # before pykeops is imported: its cache folder is read then
 
@@ -54,7 +54,7 @@ def _real(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def cauchy_keops(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum_n v[r, h, n] / (z[l] - w[h, n]): v (R, H, N), z (L,), w (H, N) complex -> (R, H, L)."""
-    _check(v, w, "cauchy")
+    check_operands(v, w, "cauchy")
     dtype = _promote(v, z, w)
     r_, h_, n_ = v.shape
     vr = _real(v, dtype).view(r_, h_, n_, 2)            # (R, H, N, 2): j-variable, batch (R, H)
@@ -66,7 +66,7 @@ def cauchy_keops(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Ten
 
 def vandermonde_keops(v: torch.Tensor, x: torch.Tensor, length: int) -> torch.Tensor:
     """sum_n v[r, h, n] * exp(x[h, n] * l) for l < length: v (R, H, N), x (H, N) complex -> (R, H, L)."""
-    _check(v, x, "vandermonde")
+    check_operands(v, x, "vandermonde")
     dtype = _promote(v, x)
     r_, h_, n_ = v.shape
     vr = _real(v, dtype).view(r_, h_, n_, 2)

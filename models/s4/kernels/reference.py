@@ -45,7 +45,7 @@ def _chunks(h: int, n: int, length: int):
             yield slice(h0, min(h, h0 + hc)), slice(l0, min(length, l0 + lc))
 
 
-def _check(v: torch.Tensor, w: torch.Tensor, name: str) -> None:
+def check_operands(v: torch.Tensor, w: torch.Tensor, name: str) -> None:
     if v.dim() != 3 or w.dim() != 2 or v.shape[1:] != w.shape:
         raise ValueError(f"{name}: expected v (R, H, N) and w (H, N), got {tuple(v.shape)} and {tuple(w.shape)}")
     if not (v.is_complex() and w.is_complex()):
@@ -318,7 +318,7 @@ def cauchy_conj_ref(v: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.
 
     Equals ``cauchy_ref(cat([v, v.conj()], -1), 1j * y, cat([w, w.conj()], -1))``. No gradient for y.
     """
-    _check(v, w, "cauchy_conj")
+    check_operands(v, w, "cauchy_conj")
     if y.is_complex() or y.dim() != 1:
         raise TypeError(f"cauchy_conj: y must be a real 1-D tensor (the nodes are 1j * y), got {y.dtype} {tuple(y.shape)}")
     dtype = torch.promote_types(v.dtype, w.dtype)
@@ -327,20 +327,20 @@ def cauchy_conj_ref(v: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.
 
 def cauchy_ref(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum_n v[r, h, n] / (z[l] - w[h, n]): v (R, H, N), z (L,), w (H, N) complex -> (R, H, L)."""
-    _check(v, w, "cauchy")
+    check_operands(v, w, "cauchy")
     dtype = torch.promote_types(torch.promote_types(v.dtype, w.dtype), z.dtype)
     return _Cauchy.apply(v.to(dtype), z.to(dtype), w.to(dtype))
 
 
 def vandermonde_ref(v: torch.Tensor, x: torch.Tensor, length: int) -> torch.Tensor:
     """sum_n v[r, h, n] * exp(x[h, n] * l) for l < length: v (R, H, N), x (H, N) complex -> (R, H, L)."""
-    _check(v, x, "vandermonde")
+    check_operands(v, x, "vandermonde")
     dtype = torch.promote_types(v.dtype, x.dtype)
     return _Vandermonde.apply(v.to(dtype), x.to(dtype), int(length))
 
 
 def vandermonde_blocked(v: torch.Tensor, x: torch.Tensor, length: int) -> torch.Tensor:
     """``vandermonde_ref`` by blocks of the exponent: O(H·N·(L/B + B)) exps instead of H·N·L, all else matmuls."""
-    _check(v, x, "vandermonde")
+    check_operands(v, x, "vandermonde")
     dtype = torch.promote_types(v.dtype, x.dtype)
     return _VandermondeBlocked.apply(v.to(dtype), x.to(dtype), int(length))

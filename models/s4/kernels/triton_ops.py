@@ -27,7 +27,7 @@ try:
 except ImportError as exc:  # the dispatch catches this and reports the install hint
     raise ImportError(f"the Triton kernel backend needs triton: pip install -e '.[triton]' ({exc})") from exc
 
-from models.s4.kernels.reference import _check
+from models.s4.kernels.reference import check_operands
 
 _CAUCHY, _VANDERMONDE = 0, 1
 
@@ -219,7 +219,7 @@ def _complex64(name: str, *tensors: torch.Tensor) -> None:
 
 def cauchy_triton(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum_n v[r, h, n] / (z[l] - w[h, n]): v (R, H, N), z (L,), w (H, N) complex64 -> (R, H, L)."""
-    _check(v, w, "cauchy")
+    check_operands(v, w, "cauchy")
     _complex64("cauchy", v, z, w)
     if z.requires_grad and torch.is_grad_enabled():
         raise NotImplementedError("cauchy_triton has no gradient w.r.t. the nodes z (constants in S4): "
@@ -229,7 +229,7 @@ def cauchy_triton(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Te
 
 def vandermonde_triton(v: torch.Tensor, x: torch.Tensor, length: int) -> torch.Tensor:
     """sum_n v[r, h, n] * exp(x[h, n] * l) for l < length: v (R, H, N), x (H, N) complex64 -> (R, H, L)."""
-    _check(v, x, "vandermonde")
+    check_operands(v, x, "vandermonde")
     _complex64("vandermonde", v, x)
     ell = torch.arange(int(length), device=v.device, dtype=torch.float32).to(torch.complex64)  # l as "nodes"
     return _Op.apply(v.to(torch.complex64), ell, x.to(torch.complex64), _VANDERMONDE)
