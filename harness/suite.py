@@ -85,7 +85,7 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str 
         if results_dir is not None:
             checkpointer = Checkpointer(checkpoint_path(results_dir, task, model, seed), base["config_hash"],
                                         train_cfg.checkpoint_every_steps, train_cfg.checkpoint_every_s)
-        t = build_task(task, run_cfg["data_dir"], seed=seed, **run_cfg["task"]["options"])
+        t = build_task(task, run_cfg["data_dir"], **run_cfg["task"]["options"])
         _seed_everything(seed)
         net = build_model(run_cfg["model"]["name"], t.spec, run_cfg["model"].get("backbone"),
                           run_cfg["model"].get("hparams"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,14 +24,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from harness.checkpoint import CheckpointMismatch, Checkpointer
-from harness.distributed import EpochBatches, all_sum, broadcast, gather, loader_with, rank_world, shard_batches
 from core.env import device_name, git_commit, resolve_device
+from core.registry import check_ranges, check_types
+from harness.checkpoint import CheckpointMismatch, Checkpointer
+from harness.distributed import all_sum, broadcast, gather, rank_world
 from harness.history import History
+from harness.loading import eval_loader, train_loader
 from harness.measure import PeakMemory, StepTimer
 from harness.optim import cosine_with_warmup, param_groups
 from harness.records import RunRecord
-from core.registry import check_ranges, check_types
 from tasks.registry import Task
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -149,14 +150,225 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class TrainState:
+    """Where a run stands, beside the model, optimizer, scheduler and scaler: what a checkpoint adds to their states."""
+    step: int = 0
+    best_val: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None   # the weights at the best validation accuracy (on the CPU)
+    loss: float = float("nan")                          # training loss of the last step (mean over the global batch)
+    since: list[float] = field(default_factory=lambda: [0.0, 0.0, 0])  # loss sum, correct, examples since last eval
+    peak_before: float = 0.0                            # peak memory of the processes before the last resume
+    resumed_from: int | None = None
+    status: str = "ok"                                  # "ok" | "diverged" | "error: ..."
+    stopped_by: str = "schedule"                        # the epochs / max_steps schedule ran out, time_budget, diverged
+
+
+class _Run:
+    """One call of ``fit``: the objects it trains with, set up once, then ``resume``, ``train``, ``test``, ``record``."""
+
+    def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, name: str, checkpointer: Checkpointer | None,
+                 history: History | None):
+        self.t_start = time.perf_counter()
+        self.task, self.cfg, self.name, self.checkpointer = task, cfg, name, checkpointer
+        self.device = resolve_device(cfg.device)
+        self.rank, self.world = rank_world()
+        torch.manual_seed(cfg.seed)
+        self.model = model.to(self.device).train()
+        self.net = model if self.world == 1 else DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        for split in ("train", "val", "test"):  # an empty split would select on nothing, or test on nothing, as "ok"
+            if len(task.split(split)) == 0:
+                raise ValueError(f"task {task.spec.name!r}: the {'validation' if split == 'val' else split} split is "
+                                 f"empty; training, model selection and the test each need examples (see the task's "
+                                 f"size options)")
+        self.per_epoch = len(train_loader(task, cfg.seed, 0, 0, self.rank, self.world)[1])
+        if self.per_epoch == 0:
+            raise ValueError(f"the training split has {len(task.train)} example(s), fewer than the {self.world} "
+                             f"processes")
+        self.n_steps = math.ceil(cfg.epochs * self.per_epoch)
+        if cfg.max_steps is not None:
+            self.n_steps = min(self.n_steps, cfg.max_steps)
+        self.opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
+        warmup = max(cfg.warmup_steps, round(cfg.warmup_frac * self.n_steps))
+        self.sched = cosine_with_warmup(self.opt, warmup, self.n_steps, cfg.min_lr_ratio)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.timer = StepTimer(self.device, cfg.measure_warmup_steps)
+        self.val_loader = eval_loader(task, "val", self.rank, self.world)
+        self.history = history if history is not None and self.rank == 0 else History()
+        self.state = TrainState()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    # -- checkpoints -----------------------------------------------------------------------------------------------
+    def save(self, peak_mib: float) -> None:
+        rngs = gather(_rng_state())
+        if self.rank == 0:
+            st = self.state
+            self.checkpointer.save({
+                "step": st.step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
+                "best_val": st.best_val, "best_state": st.best_state,
+                "layer_rng": {name: g.get_state() for name, g in _layer_generators(self.model).items()},
+                "loss": st.loss, "elapsed_s": self.elapsed(), "peak_mem_mib": peak_mib,
+                "history": self.history.state(), "since": st.since,
+                "timer": (self.timer.n_steps, self.timer.seconds, self.timer.samples, self.timer.tokens)})
+
+    def resume(self) -> None:
+        """Continue from the checkpoint, if there is one. Rank 0 judges the file (and moves a corrupt one aside);
+        the others follow its verdict."""
+        if self.checkpointer is None:
+            return
+        verdict, saved = None, None
+        if self.rank == 0:
+            try:
+                saved = self.checkpointer.load()
+                verdict = "load" if saved is not None else "none"
+            except CheckpointMismatch as exc:
+                verdict = str(exc)
+        verdict = broadcast(verdict)
+        if verdict not in ("load", "none"):
+            raise CheckpointMismatch(verdict)
+        if verdict == "none":
+            return
+        saved = saved if self.rank == 0 else self.checkpointer.read()
+        try:
+            self.model.load_state_dict(saved["model"])
+        except RuntimeError as exc:
+            raise CheckpointMismatch(f"checkpoint {self.checkpointer.path} does not fit this model: {exc}") from exc
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.state = TrainState(step=saved["step"], best_val=saved["best_val"], best_state=saved["best_state"],
+                                loss=saved["loss"], since=list(saved["since"]), peak_before=saved["peak_mem_mib"],
+                                resumed_from=saved["step"])
+        _, self.timer.seconds, self.timer.samples, self.timer.tokens = saved["timer"]  # new process: warm up again
+        self.t_start = time.perf_counter() - saved["elapsed_s"]
+        rngs = saved["rng"]
+        _set_rng_state(rngs[self.rank] if len(rngs) == self.world else rngs[0])  # another world size: rank 0's
+        for name, g in _layer_generators(self.model).items():
+            g.set_state(saved["layer_rng"][name])
+        self.history.restore(saved["history"])
+
+    # -- training --------------------------------------------------------------------------------------------------
+    def validate(self) -> float:
+        st, cfg = self.state, self.cfg
+        acc, loss = evaluate_with_loss(self.model, self.val_loader, self.device, cfg.eval_max_batches, cfg.precision,
+                                       "validation")
+        if acc > st.best_val:
+            st.best_val = acc
+            st.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        loss_sum, correct, seen = st.since
+        self.history.add(step=st.step, epoch=st.step / self.per_epoch, elapsed_s=self.elapsed(), split="validation",
+                         acc=acc, loss=loss, train_loss=loss_sum / seen if seen else None,
+                         train_acc=correct / seen if seen else None, lr=self.sched.get_last_lr()[0])
+        st.since = [0.0, 0.0, 0]
+        return acc
+
+    def train_step(self, batch: dict[str, torch.Tensor], n_global: int) -> bool:
+        """One optimizer step on this rank's part of a global batch of ``n_global`` examples; False (and no step)
+        when the loss summed over the ranks is not finite."""
+        cfg, st = self.cfg, self.state
+        batch = _to(batch, self.device)
+        self.timer.start()
+        with _autocast(self.device, cfg.precision):
+            logits = _logits(self.net, batch)
+        loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+        tokens = int(batch["lengths"].sum()) + int(batch.get("lengths2", torch.zeros(1)).sum())
+        correct = int((logits.argmax(-1) == batch["labels"]).sum())
+        total_loss, tokens, correct = all_sum([loss_sum.item(), tokens, correct], self.device)
+        if not math.isfinite(total_loss):
+            return False
+        self.opt.zero_grad(set_to_none=True)
+        # each rank's sum over its part, x world / global batch: DDP's average is the global batch's mean
+        self.scaler.scale(loss_sum * (self.world / n_global)).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.timer.stop(samples=n_global, tokens=int(tokens))
+        st.step, st.loss = st.step + 1, total_loss / n_global
+        st.since = [st.since[0] + total_loss, st.since[1] + correct, st.since[2] + n_global]
+        return True
+
+    def train(self, mem: PeakMemory) -> None:
+        """Steps until the schedule or the time budget ends (or the run diverges): validation at each epoch's end
+        (and at the last step), checkpoints at each epoch's end and when the checkpointer says one is due."""
+        cfg, st = self.cfg, self.state
+        bar = tqdm(total=self.n_steps, initial=st.step, desc=f"{self.task.spec.name}/{self.name}",
+                   disable=not cfg.progress or self.rank != 0, leave=False, dynamic_ncols=True, mininterval=1.0)
+        stop = st.step >= self.n_steps
+        while not stop:
+            epoch, skip = divmod(st.step, self.per_epoch)
+            loader, batches = train_loader(self.task, cfg.seed, epoch, skip, self.rank, self.world)
+            for b, batch in enumerate(loader, start=skip):
+                if not self.train_step(batch, batches.global_size(b)):
+                    st.status, stop = "diverged", True
+                    break
+                bar.update(1)
+                bar.set_postfix(loss=f"{st.loss:.3f}", best=f"{st.best_val:.3f}")
+                over_budget = cfg.time_budget_s is not None and self.elapsed() > cfg.time_budget_s
+                due = self.checkpointer is not None and self.checkpointer.due(st.step)
+                over_budget, due = broadcast((over_budget, due))  # rank 0's clock decides for all
+                end_of_epoch = b + 1 == batches.n_batches
+                if end_of_epoch or st.step == self.n_steps or over_budget:
+                    try:
+                        acc = self.validate()
+                    except NonFiniteOutputs:  # the model's outputs blew up: a diverged run, not an accuracy
+                        st.status, stop = "diverged", True
+                        break
+                    bar.set_postfix(loss=f"{st.loss:.3f}", val_acc=f"{acc:.3f}", best=f"{st.best_val:.3f}")
+                stop = over_budget or st.step >= self.n_steps
+                st.stopped_by = ("schedule" if st.step >= self.n_steps else "time_budget" if over_budget
+                                 else st.stopped_by)
+                if self.checkpointer is not None and not stop and (end_of_epoch or due):
+                    self.save(max(st.peak_before, mem.peak_mib_so_far))
+                if stop:
+                    break
+        bar.close()
+
+    def test(self) -> float | None:
+        """Test accuracy at the best-validation weights (restored first, so the test set never picks anything)."""
+        st = self.state
+        if st.best_state is None:
+            return None
+        self.model.load_state_dict(st.best_state)
+        try:
+            acc, loss = evaluate_with_loss(self.model, eval_loader(self.task, "test", self.rank, self.world),
+                                           self.device, precision=self.cfg.precision, split="test")
+        except NonFiniteOutputs as exc:  # finite on validation, not on test (e.g. bad inputs): say so, no number
+            st.status = f"error: {exc}" if st.status == "ok" else st.status
+            return None
+        self.history.add(step=st.step, epoch=st.step / self.per_epoch, elapsed_s=self.elapsed(), split="test",
+                         acc=acc, loss=loss)
+        return acc
+
+    def record(self, test_acc: float | None, mem: PeakMemory) -> RunRecord:
+        st, spec = self.state, self.task.spec
+        samples_per_s, tokens_per_s = self.timer.rates()
+        return RunRecord(
+            task=spec.name, model=self.name, seed=self.cfg.seed, status=st.status, test_acc=test_acc,
+            best_val_acc=st.best_val if st.best_val >= 0 else None, chance_acc=spec.chance_acc,
+            train_samples_per_s=samples_per_s, train_tokens_per_s=tokens_per_s,
+            peak_mem_mib=max(st.peak_before, mem.peak_mib), peak_mem_kind=mem.kind, wall_s=self.elapsed(),
+            n_params=sum(p.numel() for p in self.model.parameters()), epochs=st.step / self.per_epoch, steps=st.step,
+            final_train_loss=st.loss if math.isfinite(st.loss) else None, resumed_from_step=st.resumed_from,
+            world_size=self.world, stopped_by="diverged" if st.status == "diverged" else st.stopped_by,
+            device=self.device.type, device_name=device_name(self.device.type), torch_version=torch.__version__,
+            git_commit=git_commit())
+
+
 def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None = None,
         checkpointer: Checkpointer | None = None, history: History | None = None) -> RunRecord:
     """Train ``model`` on ``task`` and measure it.
 
     Args:
         model: a classifier taking a task batch (minus labels) as keyword arguments and returning logits.
-        task: the task's spec and loaders (their datasets, batch sizes and collate functions are used; the batch order
-            is the harness's own, a function of seed and epoch).
+        task: the task's spec, datasets and collate function (the loaders are harness/loading.py's: the batch order
+            is a function of seed and epoch).
         cfg: optimisation, precision and budget settings.
         model_name: name for the record (default: the model's ``layer_name`` attribute).
         checkpointer: where to save (and first try to resume from) the training state; None: no checkpoints.
@@ -170,169 +382,10 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, model_name: str | None =
     Raises:
         CheckpointMismatch: the checkpoint to resume from belongs to another config or does not fit the model.
     """
-    t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    rank, world = rank_world()
-    torch.manual_seed(cfg.seed)
-    model = model.to(device).train()
-    net = model if world == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    n_train, batch_size = len(task.train.dataset), task.train.batch_size
-
-    def epoch_batches(epoch: int, skip: int = 0) -> EpochBatches:
-        return EpochBatches(n_train, batch_size, True, cfg.seed, epoch, skip, rank, world)
-
-    def eval_loader(loader: Any) -> Any:
-        return loader_with(loader, shard_batches(len(loader.dataset), loader.batch_size, rank, world))
-
-    for split in ("train", "val", "test"):  # an empty split would select on nothing, or test on nothing, as "ok"
-        if len(getattr(task, split).dataset) == 0:
-            raise ValueError(f"task {task.spec.name!r}: the {'validation' if split == 'val' else split} split is empty; "
-                             f"training, model selection and the test each need examples (see the task's size options)")
-    per_epoch = len(epoch_batches(0))
-    if per_epoch == 0:
-        raise ValueError(f"the training split has {n_train} example(s), fewer than the {world} processes")
-    n_steps = math.ceil(cfg.epochs * per_epoch)
-    if cfg.max_steps is not None:
-        n_steps = min(n_steps, cfg.max_steps)
-    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
-    warmup = max(cfg.warmup_steps, round(cfg.warmup_frac * n_steps))
-    sched = cosine_with_warmup(opt, warmup, n_steps, cfg.min_lr_ratio)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    timer = StepTimer(device, cfg.measure_warmup_steps)
-    val_loader = eval_loader(task.val)
-    best_val, best_state, status, step, loss_val = -1.0, None, "ok", 0, float("nan")
-    resumed_from, peak_before = None, 0.0
-    history = history if history is not None and rank == 0 else History()
-    since = [0.0, 0.0, 0]  # training loss sum, correct, examples since the last evaluation (global)
-    stopped_by = "schedule"  # why training ended: the epochs / max_steps schedule ran out, time_budget_s, diverged
-
-    saved = None
-    if checkpointer is not None:  # rank 0 judges the file (and moves a corrupt one aside); the others follow its verdict
-        verdict = None
-        if rank == 0:
-            try:
-                saved = checkpointer.load()
-                verdict = "load" if saved is not None else "none"
-            except CheckpointMismatch as exc:
-                verdict = str(exc)
-        verdict = broadcast(verdict)
-        if verdict not in ("load", "none"):
-            raise CheckpointMismatch(verdict)
-        if verdict == "load" and rank != 0:
-            saved = checkpointer.read()
-    if saved is not None:
-        try:
-            model.load_state_dict(saved["model"])
-        except RuntimeError as exc:
-            raise CheckpointMismatch(f"checkpoint {checkpointer.path} does not fit this model: {exc}") from exc
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        step, best_val, best_state, loss_val = saved["step"], saved["best_val"], saved["best_state"], saved["loss"]
-        _, timer.seconds, timer.samples, timer.tokens = saved["timer"]  # the new process's first steps warm up again
-        peak_before, resumed_from = saved["peak_mem_mib"], saved["step"]
-        t_start = time.perf_counter() - saved["elapsed_s"]
-        rngs = saved["rng"]
-        _set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])  # another world size: rank 0's streams
-        for name, g in _layer_generators(model).items():
-            g.set_state(saved["layer_rng"][name])
-        history.restore(saved["history"])
-        since = list(saved["since"])
-
-    def validate() -> None:
-        nonlocal best_val, best_state, since
-        acc, loss = evaluate_with_loss(model, val_loader, device, cfg.eval_max_batches, cfg.precision, "validation")
-        if acc > best_val:
-            best_val, best_state = acc, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        bar.set_postfix(loss=f"{loss_val:.3f}", val_acc=f"{acc:.3f}", best=f"{best_val:.3f}")
-        history.add(step=step, epoch=step / per_epoch, elapsed_s=time.perf_counter() - t_start, split="validation",
-                    acc=acc, loss=loss, train_loss=since[0] / since[2] if since[2] else None,
-                    train_acc=since[1] / since[2] if since[2] else None, lr=sched.get_last_lr()[0])
-        since = [0.0, 0.0, 0]
-
-    def save(peak_mib: float) -> None:
-        rngs = gather(_rng_state())
-        if rank == 0:
-            checkpointer.save({
-                "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rngs, "best_val": best_val, "best_state": best_state,
-                "layer_rng": {name: g.get_state() for name, g in _layer_generators(model).items()},
-                "loss": loss_val, "elapsed_s": time.perf_counter() - t_start, "peak_mem_mib": peak_mib,
-                "history": history.state(), "since": since,
-                "timer": (timer.n_steps, timer.seconds, timer.samples, timer.tokens)})
-
-    bar = tqdm(total=n_steps, initial=step, desc=f"{task.spec.name}/{model_name or getattr(model, 'layer_name', '?')}",
-               disable=not cfg.progress or rank != 0, leave=False, dynamic_ncols=True, mininterval=1.0)
-    with PeakMemory(device) as mem:
-        stop = step >= n_steps
-        while not stop:
-            epoch, skip = divmod(step, per_epoch)
-            batches = epoch_batches(epoch, skip)
-            for b, batch in enumerate(loader_with(task.train, batches), start=skip):
-                batch = _to(batch, device)
-                n_global = batches.global_size(b)
-                timer.start()
-                with _autocast(device, cfg.precision):
-                    logits = _logits(net, batch)
-                loss_sum = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
-                tokens = int(batch["lengths"].sum()) + int(batch.get("lengths2", torch.zeros(1)).sum())
-                correct = int((logits.argmax(-1) == batch["labels"]).sum())
-                total_loss, tokens, correct = all_sum([loss_sum.item(), tokens, correct], device)
-                if not math.isfinite(total_loss):
-                    status, stop = "diverged", True
-                    break
-                opt.zero_grad(set_to_none=True)
-                # each rank's sum over its part, x world / global batch: DDP's average is the global batch's mean
-                scaler.scale(loss_sum * (world / n_global)).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                timer.stop(samples=n_global, tokens=int(tokens))
-                step, loss_val = step + 1, total_loss / n_global
-                since = [since[0] + total_loss, since[1] + correct, since[2] + n_global]
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_val:.3f}", best=f"{best_val:.3f}")
-                over_budget = cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s
-                due = checkpointer is not None and checkpointer.due(step)
-                over_budget, due = broadcast((over_budget, due))  # rank 0's clock decides for all
-                end_of_epoch = b + 1 == batches.n_batches
-                if end_of_epoch or step == n_steps or over_budget:
-                    try:
-                        validate()
-                    except NonFiniteOutputs:  # the model's outputs blew up: a diverged run, not an accuracy
-                        status, stop = "diverged", True
-                        break
-                stop = over_budget or step >= n_steps
-                stopped_by = "schedule" if step >= n_steps else "time_budget" if over_budget else stopped_by
-                if checkpointer is not None and not stop and (end_of_epoch or due):
-                    save(max(peak_before, mem.peak_mib_so_far))
-                if stop:
-                    break
-    bar.close()
-
-    test_acc = None
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        try:
-            test_acc, test_loss = evaluate_with_loss(model, eval_loader(task.test), device, precision=cfg.precision,
-                                                     split="test")
-            history.add(step=step, epoch=step / per_epoch, elapsed_s=time.perf_counter() - t_start, split="test",
-                        acc=test_acc, loss=test_loss)
-        except NonFiniteOutputs as exc:  # finite on validation, not on test (e.g. bad inputs): say so, no number
-            status = f"error: {exc}" if status == "ok" else status
-    history.close()
-    samples_per_s, tokens_per_s = timer.rates()
-    return RunRecord(
-        task=task.spec.name, model=model_name or getattr(model, "layer_name", type(model).__name__), seed=cfg.seed,
-        status=status, test_acc=test_acc, best_val_acc=best_val if best_val >= 0 else None,
-        chance_acc=task.spec.chance_acc, train_samples_per_s=samples_per_s, train_tokens_per_s=tokens_per_s,
-        peak_mem_mib=max(peak_before, mem.peak_mib), peak_mem_kind=mem.kind, wall_s=time.perf_counter() - t_start,
-        n_params=sum(p.numel() for p in model.parameters()), epochs=step / per_epoch, steps=step,
-        final_train_loss=loss_val if math.isfinite(loss_val) else None, resumed_from_step=resumed_from, world_size=world,
-        stopped_by="diverged" if status == "diverged" else stopped_by,
-        device=device.type, device_name=device_name(device.type), torch_version=torch.__version__,
-        git_commit=git_commit(),
-    )
+    run = _Run(model, task, cfg, model_name or getattr(model, "layer_name", type(model).__name__), checkpointer, history)
+    run.resume()
+    with PeakMemory(run.device) as mem:
+        run.train(mem)
+    test_acc = run.test()
+    run.history.close()
+    return run.record(test_acc, mem)

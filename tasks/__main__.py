@@ -113,8 +113,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             print(f"{name}: {'reading the release' if planned[0] == 'release' else 'generating'} ({planned[1]}) ...")
         else:
             print(f"{name}: building (processing / caching) ...")
-        task = build_task(name, args.data_dir, seed=0, **options)
-        sizes = {s: len(getattr(task, s).dataset) for s in ("train", "val", "test")}
+        task = build_task(name, args.data_dir, **options)
+        sizes = {s: len(task.split(s)) for s in ("train", "val", "test")}
         print(f"{name}: ready: {sizes}")
     return 0
 
@@ -132,11 +132,6 @@ def _reads_in_place(name: str, overrides: dict[str, Any]) -> str | None:
         if option in params and overrides.get(option) is not None:
             return f"{option}={overrides[option]}"
     return None
-
-
-# where generated sets live: task -> (folder under the data dir, name prefix)
-GENERATED = {"listops": ("listops/generated", ""), "pathfinder": ("pathfinder/generated", "pathfinder32-"),
-             "pathx": ("pathfinder/generated", "pathfinder128-")}
 
 
 def _next_source(name: str, data_dir: Path) -> str | None:
@@ -157,6 +152,7 @@ def _next_source(name: str, data_dir: Path) -> str | None:
 def cmd_status(args: argparse.Namespace) -> int:
     from tasks import list_tasks
     from tasks.fetch import archive_ready, archives_for, archives_optional
+    from tasks.registry import generated_sets
 
     data_dir = Path(args.data_dir).expanduser()
     print(f"data dir: {data_dir}")
@@ -168,8 +164,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {column:16s} {next_run}")
             column = ""
         if not archives or archives_optional(name):
-            folder, prefix = GENERATED.get(name, (None, ""))
-            sets = sorted(p.name for p in (data_dir / folder).glob(prefix + "*") if p.is_dir()) if folder else []
+            sets = generated_sets(name, data_dir) or []
             if archives_optional(name):  # generates, or reads the release: the next-run line says which
                 print(f"  {column:16s} generated sets: {', '.join(sets) or 'none'}")
             else:
@@ -224,8 +219,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     reads_release = (data_source(name, args.data_dir, **options) or ("",))[0] == "release"
     if "n_examples" in accepted and "n_examples" not in overrides and not reads_release:
         options["n_examples"] = max(10 * args.n, 100)  # a small generated set is enough to look at
-    task = build_task(name, args.data_dir, seed=0, **options)
-    ds = task.train.dataset
+    task = build_task(name, args.data_dir, **options)
+    ds = task.train
     n = min(args.n, len(ds))
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks.data import make_loader, pad_collate
+from tasks.data import pad_collate
 from tasks.fetch import Archive, missing, register_archives
 from tasks.registry import Task, TaskSpec, register_task
 
@@ -249,7 +249,7 @@ class CifarSequences(Dataset):
 
 
 def _build(task: str, data_dir: Path, mode: str, source: str, path: str | None, split_seed: int,
-           n_train: int | None, n_val: int | None, n_test: int | None, batch_size: int, seed: int,
+           n_train: int | None, n_val: int | None, n_test: int | None, batch_size: int,
            num_workers: int, progress: bool) -> Task:
     splits, info = load_cifar10(task, data_dir, source, path, progress)
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
@@ -283,9 +283,8 @@ def _build(task: str, data_dir: Path, mode: str, source: str, path: str | None, 
         info["normalization"] = {"mean": list(mean), "std": list(std), "of": "pixel / 255",
                                  "source": "state-spaces/s4 src/dataloaders/basic.py"}
     spec = dataclasses.replace(_shape(task, {"input_mode": mode}), info=info)
-    loaders = {s: make_loader(ds, batch_size, shuffle=(s == "train"), seed=seed, collate_fn=pad_collate,
-                              num_workers=num_workers) for s, ds in sets.items()}
-    return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])
+    return Task(spec=spec, train=sets["train"], val=sets["val"], test=sets["test"], collate=pad_collate,
+                batch_size=batch_size, num_workers=num_workers)
 
 
 def _shape(task: str, o: dict) -> TaskSpec:
@@ -296,7 +295,7 @@ def _shape(task: str, o: dict) -> TaskSpec:
 @register_task("image", shape=functools.partial(_shape, "image"))
 def image(data_dir: Path, input_mode: str = "tokens", source: str = "auto", path: str | None = None,
           split_seed: int = 42, n_train: int | None = None, n_val: int | None = None, n_test: int | None = None,
-          batch_size: int = 50, seed: int = 0, num_workers: int = 0, progress: bool = True) -> Task:
+          batch_size: int = 50, num_workers: int = 0, progress: bool = True) -> Task:
     """Build LRA Image: grayscale CIFAR-10 as 1024 pixels, 10 classes.
 
     Args:
@@ -307,7 +306,6 @@ def image(data_dir: Path, input_mode: str = "tokens", source: str = "auto", path
         split_seed: seed of the fixed train/validation split (recorded in ``spec.info``).
         n_train, n_val, n_test: keep only the first n of a split (quick runs; ``benchmark`` becomes False).
         batch_size: examples per batch.
-        seed: training seed: shuffles the train loader only.
         num_workers: DataLoader workers.
         progress: progress bar while decoding parquet files.
 
@@ -317,14 +315,14 @@ def image(data_dir: Path, input_mode: str = "tokens", source: str = "auto", path
     """
     if input_mode not in INPUT_MODES:
         raise ValueError(f"image: unknown input_mode {input_mode!r}; valid: {', '.join(INPUT_MODES)}")
-    return _build("image", data_dir, input_mode, source, path, split_seed, n_train, n_val, n_test, batch_size, seed,
+    return _build("image", data_dir, input_mode, source, path, split_seed, n_train, n_val, n_test, batch_size,
                   num_workers, progress)
 
 
 @register_task("scifar", shape=functools.partial(_shape, "scifar"))
 def scifar(data_dir: Path, source: str = "auto", path: str | None = None, split_seed: int = 42,
            n_train: int | None = None, n_val: int | None = None, n_test: int | None = None, batch_size: int = 50,
-           seed: int = 0, num_workers: int = 0, progress: bool = True) -> Task:
+           num_workers: int = 0, progress: bool = True) -> Task:
     """Build sequential CIFAR-10 in colour: 1024 steps of (R, G, B) normalised per channel, 10 classes.
 
     Args: as ``image`` (without ``input_mode``); the data are shared with it (``python -m tasks prepare scifar``).
@@ -333,5 +331,5 @@ def scifar(data_dir: Path, source: str = "auto", path: str | None = None, split_
         DatasetMissingError: the data are not staged (the message names ``python -m tasks prepare scifar``).
         ValueError: an unknown option value, or a truncated/corrupt file (the message names it).
     """
-    return _build("scifar", data_dir, "rgb", source, path, split_seed, n_train, n_val, n_test, batch_size, seed,
+    return _build("scifar", data_dir, "rgb", source, path, split_seed, n_train, n_val, n_test, batch_size,
                   num_workers, progress)

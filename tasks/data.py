@@ -1,10 +1,9 @@
-"""Shared data plumbing for tasks: padding collate and seeded DataLoaders."""
+"""Shared data plumbing for tasks: the padding collate function (loaders are the harness's: harness/loading.py)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 
 def pad_collate(examples: Sequence[dict[str, Any]], pad_id: int = 0, keys: Sequence[str] = ("inputs",)) -> dict[str, torch.Tensor]:
@@ -23,10 +22,3 @@ def pad_collate(examples: Sequence[dict[str, Any]], pad_id: int = 0, keys: Seque
         batch[key] = out
         batch["lengths" + key.removeprefix("inputs")] = lengths
     return batch
-
-
-def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int, collate_fn: Any, num_workers: int = 0) -> DataLoader:
-    """A DataLoader whose shuffling is seeded, so a run is reproducible from its seed."""
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=collate_fn,
-                      num_workers=num_workers, drop_last=False)

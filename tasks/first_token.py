@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from tasks.data import make_loader, pad_collate
+from tasks.data import pad_collate
 from tasks.registry import Task, TaskSpec, register_task
 
 
@@ -35,7 +35,7 @@ def _shape(o: dict) -> TaskSpec:
 
 @register_task("first_token", shape=_shape)
 def first_token(data_dir: Path, length: int = 1024, n_classes: int = 10, n_noise: int = 10, n_train: int = 4000, n_val: int = 500,
-                n_test: int = 500, batch_size: int = 32, seed: int = 0, data_seed: int = 0,
+                n_test: int = 500, batch_size: int = 32, data_seed: int = 0,
                 num_workers: int = 0) -> Task:
     """Build the first-token memory task.
 
@@ -46,7 +46,6 @@ def first_token(data_dir: Path, length: int = 1024, n_classes: int = 10, n_noise
         n_noise: noise symbols (distinct from the signal symbols).
         n_train, n_val, n_test: split sizes.
         batch_size: examples per batch.
-        seed: shuffles the train loader.
         data_seed: seed of the generator; the data do not change with the training seed.
         num_workers: DataLoader workers.
     """
@@ -61,6 +60,5 @@ def first_token(data_dir: Path, length: int = 1024, n_classes: int = 10, n_noise
         sets[split] = _Sequences(tokens)
     spec = dataclasses.replace(_shape({"n_classes": n_classes, "length": length, "n_noise": n_noise}),
                                info={"length": length, "n_noise": n_noise, "n_examples": sizes, "data_seed": data_seed})
-    loaders = {split: make_loader(ds, batch_size, shuffle=(split == "train"), seed=seed, collate_fn=pad_collate,
-                                  num_workers=num_workers) for split, ds in sets.items()}
-    return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])
+    return Task(spec=spec, train=sets["train"], val=sets["val"], test=sets["test"], collate=pad_collate,
+                batch_size=batch_size, num_workers=num_workers)

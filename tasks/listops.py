@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks.data import make_loader, pad_collate
+from tasks.data import pad_collate
 from tasks.listops_gen import (END, OPERATORS, SPLIT_FILES, ensure_generated, evaluate, generate_listops,
                                generate_tree, tree_to_string)
 from tasks.fetch import LRA_RELEASE, missing, register_archives
@@ -35,7 +35,6 @@ VOCAB: tuple[str, ...] = ("<pad>", "[MIN", "[MAX", "[MED", "[SM", "]", *(str(d) 
 TOKEN_IDS: dict[str, int] = {tok: i for i, tok in enumerate(VOCAB)}
 assert set(OPERATORS) | {END} <= set(TOKEN_IDS)
 N_CLASSES = 10
-RELEASE_URL = LRA_RELEASE.url
 # read for variant=release / release_dir, and for variant=auto when staged; `prepare --release/--from` builds variant=release
 register_archives("listops", LRA_RELEASE, optional=True, release_options={"variant": "release"})
 
@@ -219,12 +218,16 @@ def _generated_folder(data_dir: Path, variant: str, params: dict[str, int]) -> P
     return data_dir / "listops" / "generated" / name
 
 
+def _generated_sets(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in (data_dir / "listops" / "generated").glob("*") if p.is_dir())
+
+
 def _shape(o: dict) -> TaskSpec:
     return TaskSpec(name="listops", n_classes=N_CLASSES, l_max=o["l_max"], chance_acc=1.0 / N_CLASSES, vocab_size=len(VOCAB))
 
-@register_task("listops", shape=_shape, source=_source)
+@register_task("listops", shape=_shape, source=_source, generated=_generated_sets)
 def listops(data_dir: Path, variant: str = "lra", release_dir: str | None = None, l_max: int = 2048,
-            batch_size: int = 32, seed: int = 0, num_workers: int = 0, data_seed: int = 0,
+            batch_size: int = 32, num_workers: int = 0, data_seed: int = 0,
             n_train: int | None = None, n_val: int | None = None, n_test: int | None = None,
             min_length: int | None = None, max_length: int | None = None, max_depth: int | None = None,
             max_args: int | None = None, progress: bool = True) -> Task:
@@ -245,7 +248,6 @@ def listops(data_dir: Path, variant: str = "lra", release_dir: str | None = None
             ``<data_dir>/lra/lra_release``.
         l_max: longer sequences are truncated to this many tokens, as LRA does (count in ``spec.info``).
         batch_size: examples per batch.
-        seed: training seed: shuffles the train loader only; the data does not change with it.
         num_workers: DataLoader workers.
         data_seed: seed of the generator (``random.Random(data_seed)``); part of the cache key.
         n_train, n_val, n_test, min_length, max_length, max_depth, max_args: override the variant's settings.
@@ -286,6 +288,5 @@ def listops(data_dir: Path, variant: str = "lra", release_dir: str | None = None
             "n_truncated": {split: ds.n_truncated for split, ds in sets.items()},
             "majority_frac": float(test_counts.max() / max(1, test_counts.sum()))}
     spec = dataclasses.replace(_shape({"l_max": l_max}), info=info)
-    loaders = {split: make_loader(ds, batch_size, shuffle=(split == "train"), seed=seed, collate_fn=pad_collate,
-                                  num_workers=num_workers) for split, ds in sets.items()}
-    return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])
+    return Task(spec=spec, train=sets["train"], val=sets["val"], test=sets["test"], collate=pad_collate,
+                batch_size=batch_size, num_workers=num_workers)

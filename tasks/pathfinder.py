@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks.data import make_loader, pad_collate
+from tasks.data import pad_collate
 from tasks.fetch import LRA_RELEASE, missing, register_archives
 from tasks.pathfinder_cache import CHUNK_SIZE, ensure_generated, load_generated
 from tasks.pathfinder_gen import DIFFICULTIES, FORMAT_VERSION, lra_params
@@ -263,7 +263,7 @@ def choose_source(task: str, size: int, data_dir: Path, source: str | None, rele
 
 def _build(task: str, size: int, data_dir: Path, difficulty: str, source: str | None, release_dir: str | None,
            input_mode: str, n_examples: int, data_seed: int, split_seed: int, contour_length: int | None,
-           workers: int, batch_size: int, seed: int, num_workers: int, progress: bool) -> Task:
+           workers: int, batch_size: int, num_workers: int, progress: bool) -> Task:
     if input_mode not in INPUT_MODES:
         raise ValueError(f"{task}: unknown input_mode {input_mode!r}; known: {', '.join(INPUT_MODES)}")
     data_dir = Path(data_dir)
@@ -304,14 +304,17 @@ def _build(task: str, size: int, data_dir: Path, difficulty: str, source: str | 
             "n_examples": {split: len(ds) for split, ds in sets.items()},
             "positive_frac": {split: float(labels[idx].mean()) for split, idx in splits.items()}}
     spec = dataclasses.replace(_shape(task, size, {"input_mode": input_mode}), info=info)
-    loaders = {split: make_loader(ds, batch_size, shuffle=(split == "train"), seed=seed, collate_fn=pad_collate,
-                                  num_workers=num_workers) for split, ds in sets.items()}
-    return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])
+    return Task(spec=spec, train=sets["train"], val=sets["val"], test=sets["test"], collate=pad_collate,
+                batch_size=batch_size, num_workers=num_workers)
 
 
 def _shape(task: str, size: int, o: dict) -> TaskSpec:
     return TaskSpec(name=task, n_classes=2, l_max=size * size, chance_acc=0.5,
                     **({"vocab_size": 257} if o["input_mode"] == "tokens" else {"d_input": 1}))
+
+def _generated_sets(size: int, data_dir: Path) -> list[str]:
+    return sorted(p.name for p in (data_dir / "pathfinder" / "generated").glob(f"pathfinder{size}-*") if p.is_dir())
+
 
 def _source(task: str, size: int, data_dir: Path, o: dict[str, Any]) -> tuple[str, str]:
     """``register_task``'s source function: ("release" | "generate", why)."""
@@ -320,10 +323,10 @@ def _source(task: str, size: int, data_dir: Path, o: dict[str, Any]) -> tuple[st
 
 
 @register_task("pathfinder", shape=functools.partial(_shape, "pathfinder", 32),
-               source=functools.partial(_source, "pathfinder", 32))
+               source=functools.partial(_source, "pathfinder", 32), generated=functools.partial(_generated_sets, 32))
 def pathfinder(data_dir: Path, difficulty: str = "hard", source: str | None = None, release_dir: str | None = None,
                input_mode: str = "real", n_examples: int = 200_000, data_seed: int = 0, split_seed: int = 42,
-               contour_length: int | None = None, workers: int = 0, batch_size: int = 64, seed: int = 0,
+               contour_length: int | None = None, workers: int = 0, batch_size: int = 64,
                num_workers: int = 0, progress: bool = True) -> Task:
     """Build Pathfinder: 32 x 32 images, L = 1024, 2 classes.
 
@@ -346,7 +349,6 @@ def pathfinder(data_dir: Path, difficulty: str = "hard", source: str | None = No
         contour_length: generate with this contour length instead of the difficulty's (not a benchmark setting).
         workers: generator processes (0: in this process); the data do not depend on it.
         batch_size: examples per batch.
-        seed: training seed: shuffles the train loader only.
         num_workers: DataLoader workers.
         progress: progress bars while generating or decoding.
 
@@ -356,14 +358,15 @@ def pathfinder(data_dir: Path, difficulty: str = "hard", source: str | None = No
             wrong size, or too many unreadable images.
     """
     return _build("pathfinder", 32, data_dir, difficulty, source, release_dir, input_mode, n_examples, data_seed,
-                  split_seed, contour_length, workers, batch_size, seed, num_workers, progress)
+                  split_seed, contour_length, workers, batch_size, num_workers, progress)
 
 
-@register_task("pathx", shape=functools.partial(_shape, "pathx", 128), source=functools.partial(_source, "pathx", 128))
+@register_task("pathx", shape=functools.partial(_shape, "pathx", 128), source=functools.partial(_source, "pathx", 128),
+               generated=functools.partial(_generated_sets, 128))
 def pathx(data_dir: Path, difficulty: str = "hard", source: str | None = None, release_dir: str | None = None,
           input_mode: str = "real", n_examples: int = 200_000, data_seed: int = 0, split_seed: int = 42,
-          contour_length: int | None = None, workers: int = 0, batch_size: int = 16, seed: int = 0,
+          contour_length: int | None = None, workers: int = 0, batch_size: int = 16,
           num_workers: int = 0, progress: bool = True) -> Task:
     """Build Path-X: Pathfinder at 128 x 128 (L = 16384), 2 classes; the options are ``pathfinder``'s."""
     return _build("pathx", 128, data_dir, difficulty, source, release_dir, input_mode, n_examples, data_seed,
-                  split_seed, contour_length, workers, batch_size, seed, num_workers, progress)
+                  split_seed, contour_length, workers, batch_size, num_workers, progress)

@@ -1,4 +1,8 @@
-"""Task registry: a task is a spec plus train/val/test DataLoaders.
+"""Task registry: a task is a spec, its train/val/test datasets and the collate function that makes their batches.
+
+The task owns the data; the harness owns loading (harness/loading.py builds every DataLoader: the training order, a
+function of seed and epoch; evaluation shards under torchrun; plain loaders for inspection). A builder therefore
+takes no training seed: the data never depend on it.
 
 Batches are dicts of tensors (B batch, L padded length, D real-valued input width):
     inputs   (B, L) int64 token ids, or (B, L, D) float32 for real-valued tasks
@@ -13,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 
 from core.registry import Registry, check_kwargs
 
 __all__ = ["TaskSpec", "Task", "DatasetMissingError", "register_task", "build_task", "list_tasks", "task_spec",
-           "data_source", "task_builder"]
+           "data_source", "generated_sets", "task_builder"]
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -45,9 +49,18 @@ class TaskSpec:
 @dataclass
 class Task:
     spec: TaskSpec
-    train: DataLoader
-    val: DataLoader
-    test: DataLoader
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    collate: Callable[[list[Any]], dict[str, Any]]   # examples -> batch dict (above)
+    batch_size: int                                   # the global batch (the task option of the same name)
+    num_workers: int = 0                              # DataLoader worker processes
+
+    def split(self, name: str) -> Dataset:
+        """The dataset of split ``train``, ``val`` or ``test``."""
+        if name not in ("train", "val", "test"):
+            raise KeyError(f"unknown split {name!r}; known: train, val, test")
+        return getattr(self, name)
 
 
 _TASKS: Registry[Callable[..., Task]] = Registry("task")
@@ -55,12 +68,14 @@ _TASKS: Registry[Callable[..., Task]] = Registry("task")
 
 _SHAPES: dict[str, Callable[[dict[str, Any]], TaskSpec]] = {}
 _SOURCES: dict[str, Callable[[Path, dict[str, Any]], tuple[str, str]]] = {}
+_GENERATED: dict[str, Callable[[Path], list[str]]] = {}
 
 
 def register_task(name: str, shape: Callable[[dict[str, Any]], TaskSpec] | None = None,
-                  source: Callable[[Path, dict[str, Any]], tuple[str, str]] | None = None
+                  source: Callable[[Path, dict[str, Any]], tuple[str, str]] | None = None,
+                  generated: Callable[[Path], list[str]] | None = None
                   ) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
-    """Register a task builder ``fn(data_dir, seed, **options) -> Task`` under ``name``.
+    """Register a task builder ``fn(data_dir, **options) -> Task`` under ``name``.
 
     ``shape(options) -> TaskSpec`` gives the spec's shape fields (classes, length, vocabulary or input width, dual
     input, chance) from the builder's options with their defaults filled in, without touching any data; it serves
@@ -68,7 +83,12 @@ def register_task(name: str, shape: Callable[[dict[str, Any]], TaskSpec] | None 
 
     ``source(data_dir, options) -> (source, why)``, for tasks that can either generate their data or read a
     release (ListOps, Pathfinder, Path-X): which one a build with these options would use (``"release"`` or
-    ``"generate"``) and why, looking only at what is staged; the builder decides with the same function."""
+    ``"generate"``) and why, looking only at what is staged; the builder decides with the same function.
+
+    ``generated(data_dir) -> [set name, ...]``, for tasks that keep generated sets on disk: the sets there now
+    (``python -m tasks status`` lists them)."""
+    if generated is not None:
+        _GENERATED[name] = generated
     if shape is not None:
         _SHAPES[name] = shape
     if source is not None:
@@ -77,12 +97,12 @@ def register_task(name: str, shape: Callable[[dict[str, Any]], TaskSpec] | None 
 
 
 def _bound_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with the builder's defaults filled in (``data_dir`` and ``seed`` left out)."""
+    """``options`` with the builder's defaults filled in (``data_dir`` left out)."""
     fn = _TASKS.get(name)
-    check_kwargs(fn, options, what=f"task {name!r}", skip=("data_dir", "seed"))
+    check_kwargs(fn, options, what=f"task {name!r}", skip=("data_dir",))
     bound = inspect.signature(fn).bind_partial(**options)
     bound.apply_defaults()
-    return {k: v for k, v in bound.arguments.items() if k not in ("data_dir", "seed")}
+    return {k: v for k, v in bound.arguments.items() if k != "data_dir"}
 
 
 def data_source(name: str, data_dir: str | Path, **options: Any) -> tuple[str, str] | None:
@@ -105,12 +125,18 @@ def task_spec(name: str, **options: Any) -> TaskSpec:
         TypeError: an option the task does not accept.
     """
     fn = _TASKS.get(name)
-    check_kwargs(fn, options, what=f"task {name!r}", skip=("data_dir", "seed"))
+    check_kwargs(fn, options, what=f"task {name!r}", skip=("data_dir",))
     if name not in _SHAPES:
         raise KeyError(f"task {name!r} has no shape function (register_task(..., shape=...))")
     bound = inspect.signature(fn).bind_partial(**options)
     bound.apply_defaults()
     return _SHAPES[name](dict(bound.arguments))
+
+
+def generated_sets(name: str, data_dir: str | Path) -> list[str] | None:
+    """The generated sets of task ``name`` under ``data_dir``; None for a task that keeps none on disk."""
+    _TASKS.get(name)  # KeyError for an unknown task
+    return _GENERATED[name](Path(data_dir).expanduser()) if name in _GENERATED else None
 
 
 def list_tasks() -> list[str]:
@@ -128,7 +154,7 @@ def build_task(name: str, data_dir: str | Path, **kw: Any) -> Task:
     Args:
         name: registered task name, e.g. ``"listops"``.
         data_dir: root data directory; each task uses its own sub-folder.
-        **kw: the task's options (its config file lists them), and ``seed`` (shuffling; the runner passes it).
+        **kw: the task's options (its config file lists them).
 
     Raises:
         KeyError: unknown task name (the message lists the known ones).

@@ -33,7 +33,7 @@ from typing import Any, Iterable
 import numpy as np
 from torch.utils.data import Dataset
 
-from tasks.data import make_loader, pad_collate
+from tasks.data import pad_collate
 from tasks.fetch import LRA_RELEASE, missing, register_archives
 from tasks.registry import Task, TaskSpec, register_task
 from tasks.text import VOCAB_SIZE, ByteSequences, hf_datasets
@@ -167,7 +167,7 @@ def _shape(o: dict) -> TaskSpec:
 
 @register_task("retrieval", shape=_shape)
 def retrieval(data_dir: Path, release_dir: str | None = None, l_max: int = 4000, batch_size: int = 32,
-              seed: int = 0, num_workers: int = 0) -> Task:
+              num_workers: int = 0) -> Task:
     """Build the byte-level AAN retrieval task (2 classes, two inputs per example).
 
     Args:
@@ -176,7 +176,6 @@ def retrieval(data_dir: Path, release_dir: str | None = None, l_max: int = 4000,
         release_dir: an existing copy of the LRA release (``lra_release/``) or of its ``tsv_data/`` folder.
         l_max: each document is truncated to this many bytes (LRA: 4000); counts in ``spec.info``.
         batch_size: pairs per batch.
-        seed: training seed: shuffles the train loader only.
         num_workers: DataLoader workers.
 
     Raises:
@@ -204,6 +203,5 @@ def retrieval(data_dir: Path, release_dir: str | None = None, l_max: int = 4000,
             "majority_frac": float(test_counts.max() / test_counts.sum())}
     spec = dataclasses.replace(_shape({"l_max": l_max}), info=info)
     collate = functools.partial(pad_collate, keys=PAIR_KEYS)
-    loaders = {split: make_loader(ds, batch_size, shuffle=(split == "train"), seed=seed, collate_fn=collate,
-                                  num_workers=num_workers) for split, ds in sets.items()}
-    return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])
+    return Task(spec=spec, train=sets["train"], val=sets["val"], test=sets["test"], collate=collate,
+                batch_size=batch_size, num_workers=num_workers)

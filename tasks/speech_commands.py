@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks.data import make_loader, pad_collate
+from tasks.data import pad_collate
 from tasks.fetch import Archive, archive_ready, missing, register_archives
 from tasks.registry import Task, TaskSpec, register_task
 
@@ -401,7 +401,7 @@ def _shape(o: dict) -> TaskSpec:
 
 @register_task("speech_commands", shape=_shape)
 def speech_commands(data_dir: Path, subset: str = "sc10", features: str = "raw", normalize: str = "auto",
-                    root: str | None = None, split_seed: int = 0, batch_size: int = 16, seed: int = 0,
+                    root: str | None = None, split_seed: int = 0, batch_size: int = 16,
                     num_workers: int = 0, n_train: int | None = None, n_val: int | None = None,
                     n_test: int | None = None, progress: bool = True) -> Task:
     """Build the Speech Commands task (SC10: 10 classes, SC35: 35 classes).
@@ -415,7 +415,6 @@ def speech_commands(data_dir: Path, subset: str = "sc10", features: str = "raw",
         root: an unpacked copy of the archive to read instead of the staged one.
         split_seed: seed of the sc10 split and of the ``n_*`` subsets; independent of the training seed.
         batch_size: examples per batch (S4's SC config: 16).
-        seed: training seed: shuffles the train loader only.
         num_workers: DataLoader workers.
         n_train, n_val, n_test: keep a seeded random subset of that many clips of a split (quick runs; such a
             run is not the benchmark).
@@ -483,6 +482,5 @@ def speech_commands(data_dir: Path, subset: str = "sc10", features: str = "raw",
             # the published setup: the full archive as the reference code saw it, S4's normalisation, no limits
             "benchmark": published and all(v is None for v in limits.values()) and mode == s4_mode}
     spec = dataclasses.replace(_shape({"subset": subset, "features": features}), info=info)
-    loaders = {s: make_loader(ds, batch_size, shuffle=(s == "train"), seed=seed, collate_fn=pad_collate,
-                              num_workers=num_workers) for s, ds in sets.items()}
-    return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])
+    return Task(spec=spec, train=sets["train"], val=sets["val"], test=sets["test"], collate=pad_collate,
+                batch_size=batch_size, num_workers=num_workers)

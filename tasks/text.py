@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks.data import make_loader, pad_collate
+from tasks.data import pad_collate
 from tasks.fetch import Archive, missing, register_archives
 from tasks.registry import Task, TaskSpec, register_task
 
@@ -292,7 +292,7 @@ def _shape(o: dict) -> TaskSpec:
 @register_task("text", shape=_shape)
 def text(data_dir: Path, source: str = "auto", path: str | None = None, l_max: int = 4096,
          val_fraction: float = 0.1, n_val: int | None = None, split_seed: int = 0, batch_size: int = 32,
-         seed: int = 0, num_workers: int = 0) -> Task:
+         num_workers: int = 0) -> Task:
     """Build the byte-level IMDB task (2 classes).
 
     Args:
@@ -306,7 +306,6 @@ def text(data_dir: Path, source: str = "auto", path: str | None = None, l_max: i
         n_val: number of training reviews held out for validation; overrides ``val_fraction``.
         split_seed: seed of the validation split; independent of ``seed``.
         batch_size: examples per batch.
-        seed: training seed: shuffles the train loader only.
         num_workers: DataLoader workers.
 
     Raises:
@@ -334,6 +333,5 @@ def text(data_dir: Path, source: str = "auto", path: str | None = None, l_max: i
             "n_empty": {s: ds.n_empty for s, ds in sets.items()},
             "majority_frac": float(test_counts.max() / test_counts.sum())}
     spec = dataclasses.replace(_shape({"l_max": l_max}), info=info)
-    loaders = {s: make_loader(ds, batch_size, shuffle=(s == "train"), seed=seed, collate_fn=pad_collate,
-                              num_workers=num_workers) for s, ds in sets.items()}
-    return Task(spec=spec, train=loaders["train"], val=loaders["val"], test=loaders["test"])
+    return Task(spec=spec, train=sets["train"], val=sets["val"], test=sets["test"], collate=pad_collate,
+                batch_size=batch_size, num_workers=num_workers)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from harness.checkpoint import CheckpointMismatch, Checkpointer, RunLock
-from harness.distributed import EpochBatches, shard_batches
+from harness.loading import EpochBatches, shard_batches
 from harness.history import load_history
 from harness.records import load_records
 from harness.train import TrainConfig, fit

@@ -17,6 +17,7 @@ import tasks.cifar as cifar
 from tasks import DatasetMissingError, build_task
 from tasks.cifar import is_benchmark, rgb_to_grayscale_tf, split_indices
 from tasks.fetch import archives_for
+from harness.loading import loader
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "task"
 PER_BATCH, N_TEST = 4, 6  # 5 training pickles x 4 = 20 training images: split int(20 * 0.9) = 18 / 2
@@ -110,7 +111,7 @@ def test_grayscale_matches_exact_arithmetic_away_from_ties() -> None:
 def test_channel_major_decoding_and_scifar_normalisation(tmp_path: Path, cifar_data: dict) -> None:
     write_pickles(tmp_path / "cifar10" / "cifar-10-batches-py", cifar_data)
     task = build_task("scifar", tmp_path, batch_size=4, progress=False)
-    x = task.test.dataset[0]["inputs"]
+    x = task.test[0]["inputs"]
     assert x.shape == (1024, 3) and x.dtype == torch.float32
     mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.247, 0.243, 0.261])
     for row, col in [(0, 0), (0, 31), (1, 2), (7, 20), (31, 31)]:
@@ -122,7 +123,7 @@ def test_channel_major_decoding_and_scifar_normalisation(tmp_path: Path, cifar_d
     spec = task.spec
     assert spec.d_input == 3 and spec.vocab_size is None and spec.l_max == 1024 and spec.n_classes == 10
     assert spec.info["normalization"]["mean"] == [0.4914, 0.4822, 0.4465]
-    batch = next(iter(task.train))
+    batch = next(iter(loader(task, "train")))
     assert batch["inputs"].shape == (4, 1024, 3) and batch["lengths"].tolist() == [1024] * 4
 
 
@@ -131,15 +132,15 @@ def test_image_tokens_and_real(tmp_path: Path, cifar_data: dict) -> None:
     tokens = build_task("image", tmp_path, batch_size=3)
     real = build_task("image", tmp_path, input_mode="real")
     want = np.array([gray_by_hand(HAND_R[p], HAND_G[p], HAND_B[p]) for p in range(1024)])
-    ids = tokens.test.dataset[0]["inputs"]
+    ids = tokens.test[0]["inputs"]
     assert ids.dtype == torch.int64 and ids.shape == (1024,)
     assert (ids.numpy() == want + 1).all() and ids.min() >= 1 and tokens.spec.vocab_size == 257
-    x = real.test.dataset[0]["inputs"]
+    x = real.test[0]["inputs"]
     assert x.shape == (1024, 1) and x.dtype == torch.float32 and real.spec.d_input == 1
     np.testing.assert_allclose(x[:, 0].numpy(), (want / 255 - 122.6 / 255) / (61.0 / 255), atol=1e-5)
-    batch = next(iter(tokens.val))
+    batch = next(iter(loader(tokens, "val")))
     assert batch["inputs"].shape == (2, 1024) and batch["inputs"].dtype == torch.int64
-    assert [tokens.test.dataset[i]["label"] for i in range(N_TEST)] == cifar_data["test"][1]
+    assert [tokens.test[i]["label"] for i in range(N_TEST)] == cifar_data["test"][1]
     assert tokens.spec.info["input_mode"] == "tokens" and "normalization" not in tokens.spec.info
     assert real.spec.info["normalization"]["mean"] == [122.6 / 255]
 
@@ -153,13 +154,13 @@ def test_split_sizes_disjoint_deterministic(tmp_path: Path, cifar_data: dict) ->
     task = build_task("scifar", tmp_path)
     info = task.spec.info
     assert info["n_examples"] == {"train": 18, "val": 2, "test": N_TEST} and info["split_seed"] == 42
-    train, val = rows_of(task.train.dataset), rows_of(task.val.dataset)
+    train, val = rows_of(task.train), rows_of(task.val)
     x, y = cifar_data["train"]
     all_rows = [bytes(r.reshape(3, 1024).T.copy()) for r in x]  # (L, 3) row-major pixels, as the dataset holds them
     assert not set(train) & set(val) and sorted(train + val) == sorted(all_rows)
-    assert [task.val.dataset[i]["label"] for i in range(2)] == [y[all_rows.index(r)] for r in val]
-    assert rows_of(build_task("scifar", tmp_path, seed=5).val.dataset) == val  # training seed: same split
-    assert rows_of(build_task("scifar", tmp_path, split_seed=7).val.dataset) != val
+    assert [task.val[i]["label"] for i in range(2)] == [y[all_rows.index(r)] for r in val]
+    assert rows_of(build_task("scifar", tmp_path).val) == val  # the same split again
+    assert rows_of(build_task("scifar", tmp_path, split_seed=7).val) != val
     # the split is torch's random_split with the same seed, as S4 uses (42: S4's 45,000 / 5,000)
     tr, va = torch.utils.data.random_split(range(50_000), [45_000, 5_000], generator=torch.Generator().manual_seed(42))
     mine_tr, mine_va = split_indices(50_000, 42)
@@ -171,7 +172,7 @@ def test_limits_and_benchmark_flag(tmp_path: Path, cifar_data: dict) -> None:
     full = build_task("image", tmp_path)
     small = build_task("image", tmp_path, n_train=5, n_val=1, n_test=3)
     assert small.spec.info["n_examples"] == {"train": 5, "val": 1, "test": 3}
-    assert rows_of(small.train.dataset) == rows_of(full.train.dataset)[:5]
+    assert rows_of(small.train) == rows_of(full.train)[:5]
     assert full.spec.info["benchmark"] is False  # 20 training images, not the 50,000
     assert is_benchmark({"train": None, "val": None, "test": None}, 50_000, 10_000)
     assert not is_benchmark({"train": 100, "val": None, "test": None}, 50_000, 10_000)
@@ -189,7 +190,7 @@ def test_pickle_and_parquet_sources_identical(tmp_path: Path, cifar_data: dict) 
         b = build_task(name, tmp_path, source="hf", progress=False)
         assert a.spec.info["source"] == "pickle" and b.spec.info["source"] == "hf"
         for split in ("train", "val", "test"):
-            da, db = getattr(a, split).dataset, getattr(b, split).dataset
+            da, db = getattr(a, split), getattr(b, split)
             assert torch.equal(da.pixels, db.pixels) and torch.equal(da.labels, db.labels)
     assert build_task("image", tmp_path).spec.info["source"] == "pickle"  # auto prefers the staged tarball
 
@@ -204,14 +205,14 @@ def test_hf_cache_reused_and_invalidated(tmp_path: Path, cifar_data: dict, monke
     assert first.spec.info["source"] == "hf" and cache.parent == tmp_path / "data" / "cifar10" / "cache"
     assert len(calls) == 2 and cache.is_file()  # train and test decoded once
     again = build_task("scifar", tmp_path / "data", path=str(hf), progress=False)
-    assert len(calls) == 2 and torch.equal(again.test.dataset.pixels, first.test.dataset.pixels)
+    assert len(calls) == 2 and torch.equal(again.test.pixels, first.test.pixels)
     tx, ty = cifar_data["test"]
     changed = tx.copy()
     changed[1] = 255 - changed[1]
     write_parquet(hf / "test-00000-of-00001.parquet", changed, ty)
     third = build_task("scifar", tmp_path / "data", path=str(hf), progress=False)
     assert len(calls) == 4 and Path(third.spec.info["cache"]) != cache and not cache.exists()
-    assert torch.equal(third.test.dataset.pixels[1], torch.from_numpy(changed[1].reshape(3, 1024).T.copy()))
+    assert torch.equal(third.test.pixels[1], torch.from_numpy(changed[1].reshape(3, 1024).T.copy()))
 
 
 def test_truncated_or_malformed_pickle_names_the_file(tmp_path: Path, cifar_data: dict) -> None:

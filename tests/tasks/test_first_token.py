@@ -5,19 +5,22 @@ import torch
 from harness.train import TrainConfig, fit
 from models.backbone import build_model
 from tasks.registry import build_task
+from harness.loading import loader
 
 
 def test_first_token_data(tmp_path):
     task = build_task("first_token", tmp_path, length=50, n_classes=4, n_noise=3, n_train=64, n_val=8, n_test=8,
                       batch_size=16)
     assert task.spec.n_classes == 4 and task.spec.vocab_size == 8 and task.spec.chance_acc == 0.25
-    batch = next(iter(task.train))
+    batch = next(iter(loader(task, "train")))
     x, y = batch["inputs"], batch["labels"]
     assert x.shape == (16, 50) and torch.all(batch["lengths"] == 50)
     assert torch.equal(y, x[:, 0] - 1)                     # label = first token's symbol
     assert torch.all((x[:, 1:] >= 5) & (x[:, 1:] <= 7))    # noise symbols only after position 0
     again = build_task("first_token", tmp_path, length=50, n_classes=4, n_noise=3, n_train=64, n_val=8, n_test=8)
-    assert torch.equal(again.test.dataset.tokens, task.test.dataset.tokens)  # data_seed, not the training seed
+    assert torch.equal(again.test.tokens, task.test.tokens)  # data_seed, not the training seed
+    with pytest.raises(TypeError, match="unknown option.*'seed'"):  # tasks never see the training seed
+        build_task("first_token", tmp_path, length=50, seed=1)
     with pytest.raises(ValueError, match="first_token needs"):
         build_task("first_token", tmp_path, length=1)
 

@@ -20,6 +20,7 @@ from tasks import pathfinder_cache as cache
 from tasks import pathfinder_gen as gen
 from tasks.fetch import archives_for
 from tasks.registry import DatasetMissingError, build_task
+from harness.loading import loader
 
 CONFIGS = Path(__file__).parents[2] / "configs" / "task"
 P32, P128 = gen.lra_params(32, 14), gen.lra_params(128, 14)
@@ -234,25 +235,25 @@ def test_generated_task_splits_and_input_modes(tmp_path: Path) -> None:
     assert real.spec.d_input == 1 and real.spec.l_max == 1024 and real.spec.n_classes == 2
     images = np.load(Path(info["data_dir"]) / "images.npy")
     expect = torch.utils.data.random_split(range(30), [24, 3, 3], generator=torch.Generator().manual_seed(42))
-    assert real.val.dataset.indices.tolist() == list(expect[1])
-    batch = next(iter(real.val))
+    assert real.val.indices.tolist() == list(expect[1])
+    batch = next(iter(loader(real, "val")))
     first = int(expect[1][0])
     assert batch["inputs"].shape == (3, 1024, 1) and batch["inputs"].dtype == torch.float32
     assert torch.equal(batch["inputs"][0, :, 0], torch.from_numpy(images[first].reshape(-1)).float() / 255)
     assert batch["labels"][0] == np.load(Path(info["data_dir"]) / "labels.npy")[first] and batch["lengths"].tolist() == [1024] * 3
-    tokens = build_task("pathfinder", tmp_path, **kw, input_mode="tokens", seed=5)
+    tokens = build_task("pathfinder", tmp_path, **kw, input_mode="tokens")
     assert tokens.spec.vocab_size == 257 and tokens.spec.info["data_dir"] == info["data_dir"]
-    tb = next(iter(tokens.val))
+    tb = next(iter(loader(tokens, "val")))
     assert tb["inputs"].dtype == torch.int64 and torch.equal(tb["inputs"][0], torch.from_numpy(
         images[first].reshape(-1)).long() + 1)
     other = build_task("pathfinder", tmp_path, **kw, split_seed=0)
-    assert other.val.dataset.indices.tolist() != real.val.dataset.indices.tolist()
+    assert other.val.indices.tolist() != real.val.indices.tolist()
 
 
 def test_pathx_generated_small(tmp_path: Path) -> None:
     task = build_task("pathx", tmp_path, n_examples=10, progress=False, input_mode="tokens")
     assert task.spec.l_max == 128 * 128 and task.spec.info["generation"]["image_size"] == 128
-    batch = next(iter(task.train))
+    batch = next(iter(loader(task, "train")))
     assert batch["inputs"].shape == (8, 16384) and int(batch["inputs"].min()) >= 1
 
 
@@ -291,7 +292,7 @@ def test_release_loads_in_metadata_order_with_s4_split(tmp_path: Path) -> None:
     assert info["n_examples"] == {"train": 16, "val": 2, "test": 2} and info["skipped"] == []
     expect = torch.utils.data.random_split(range(20), [16, 2, 2], generator=torch.Generator().manual_seed(42))
     for split, idx in zip(("train", "val", "test"), expect):
-        ds = getattr(task, split).dataset
+        ds = getattr(task, split)
         for i, j in enumerate(idx):
             item = ds[i]
             assert item["label"] == labels[j]
@@ -370,7 +371,7 @@ def test_pathx_release_and_token_ids(tmp_path: Path) -> None:
     _, images, labels = write_release(tmp_path, 128, "curv_contour_length_14", 5)
     task = build_task("pathx", tmp_path / "d", release_dir=str(tmp_path), input_mode="tokens", progress=False)
     assert task.spec.l_max == 16384 and task.spec.vocab_size == 257 and task.spec.info["benchmark"] is True
-    ds = task.test.dataset
+    ds = task.test
     j = int(ds.indices[0])
     assert torch.equal(ds[0]["inputs"], torch.from_numpy(images[j].reshape(-1)).long() + 1)
 

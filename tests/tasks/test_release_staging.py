@@ -93,7 +93,7 @@ def test_prepare_from_the_release_builds_it_without_generating(tmp_path: Path, g
         info = task.spec.info
         assert info["source"] == "release" and info["variant"] == "release" and info["benchmark"] is True
         assert Path(info["release_dir"]).name == "listops-1000"
-        assert [task.test.dataset[i]["label"] for i in range(6)] == SAMPLE_LABELS
+        assert [task.test[i]["label"] for i in range(6)] == SAMPLE_LABELS
     for name in ("pathfinder", "pathx"):
         info = build_task(name, data, source="auto", progress=False).spec.info
         assert info["source"] == "release" and info["benchmark"] is True and "staged at" in info["source_reason"]
@@ -143,7 +143,7 @@ def test_listops_release_is_found_in_every_layout(tmp_path: Path, layout: str) -
     root = tmp_path / "src" / LAYOUTS[layout]
     task = build_task("listops", tmp_path / "data", release_dir=str(root))
     assert task.spec.info["release_dir"] == str(tmp_path / "src" / "lra_release" / "lra_release" / "listops-1000")
-    assert [task.train.dataset[i]["label"] for i in range(6)] == SAMPLE_LABELS
+    assert [task.train[i]["label"] for i in range(6)] == SAMPLE_LABELS
     assert task.spec.info["variant"] == "release" and task.spec.info["benchmark"] is True
 
 
@@ -163,7 +163,7 @@ def test_listops_reads_the_release_staged_in_the_data_dir(tmp_path: Path, staged
     copy = data / "lra" / "lra_release" if staged == "unpacked archive" else outer  # a link resolves to the source
     for variant in ("release", "auto"):
         task = build_task("listops", data, variant=variant)
-        assert task.spec.info["source"] == "release" and len(task.val.dataset) == 6
+        assert task.spec.info["source"] == "release" and len(task.val) == 6
         assert Path(task.spec.info["release_dir"]).resolve() == (copy / "lra_release" / "listops-1000").resolve()
     assert nothing_generated(data)
 

@@ -10,6 +10,7 @@ import torch
 import tasks.retrieval  # noqa: F401  (registers "retrieval")
 from tasks import DatasetMissingError, build_task
 from tasks.retrieval import SPLIT_FILES
+from harness.loading import loader
 
 # (label as written, id1, id2, text1, text2) in the release's style: texts are bytes literals, quote characters
 # are ordinary text (a csv reader with quoting on would merge or strip these fields), labels 0/1 or 0.0/1.0.
@@ -40,8 +41,7 @@ def expected(text: str, l_max: int | None = None) -> list[int]:
 def test_pairs_labels_and_ids(tmp_path: Path) -> None:
     write_release(tmp_path / "lra")
     task = build_task("retrieval", tmp_path)  # default location: <data_dir>/lra/lra_release/tsv_data
-    for loader in (task.train, task.val, task.test):
-        ds = loader.dataset
+    for ds in (task.train, task.val, task.test):
         assert len(ds) == len(ROWS)
         for i, (label, _, _, t1, t2) in enumerate(ROWS):
             item = ds[i]
@@ -59,14 +59,14 @@ def test_truncation_and_dual_batches(tmp_path: Path) -> None:
     write_release(tmp_path)
     task = build_task("retrieval", tmp_path / "data", release_dir=str(tmp_path / "lra_release"), l_max=l_max,
                       batch_size=5)
-    ds = task.test.dataset
+    ds = task.test
     for i, (_, _, _, t1, t2) in enumerate(ROWS):
         assert ds[i]["inputs"].tolist() == expected(t1, l_max) and ds[i]["inputs2"].tolist() == expected(t2, l_max)
     n1 = sum(len(r[3].encode()) > l_max for r in ROWS)
     n2 = sum(len(r[4].encode()) > l_max for r in ROWS)
     assert task.spec.info["n_truncated"]["test"] == {"text1": n1, "text2": n2}
     assert task.spec.info["benchmark"] is False
-    batch = next(iter(task.test))
+    batch = next(iter(loader(task, "test")))
     assert set(batch) == {"inputs", "lengths", "inputs2", "lengths2", "labels"}
     assert batch["labels"].tolist() == [int(float(r[0])) for r in ROWS]
     for key, lengths, col in (("inputs", "lengths", 3), ("inputs2", "lengths2", 4)):
@@ -80,7 +80,7 @@ def test_truncation_and_dual_batches(tmp_path: Path) -> None:
 def test_release_dir_may_be_tsv_data_and_crlf_is_read(tmp_path: Path) -> None:
     folder = write_release(tmp_path, newline="\r\n")
     task = build_task("retrieval", tmp_path / "data", release_dir=str(folder))
-    ds = task.train.dataset
+    ds = task.train
     assert [ds[i]["inputs2"].tolist() for i in range(len(ds))] == [expected(r[4]) for r in ROWS]
     assert task.spec.info["release_dir"] == str(folder)
 

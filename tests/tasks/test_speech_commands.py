@@ -20,6 +20,7 @@ import yaml
 import tasks.speech_commands as sc
 from tasks import DatasetMissingError, build_task
 from tasks.fetch import DONE_MARKER, archives_for
+from harness.loading import loader
 
 CONFIG = Path(__file__).parents[2] / "configs" / "task" / "speech_commands.yaml"
 TEN = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]  # NCDE's order
@@ -112,7 +113,7 @@ def test_sc10_definition(tree, tmp_path: Path) -> None:
     spec, info = task.spec, task.spec.info
     assert (spec.n_classes, spec.d_input, spec.l_max, spec.vocab_size) == (10, 1, 16000, None)
     assert spec.chance_acc == pytest.approx(0.1) and info["classes"] == TEN
-    sets = {"train": task.train.dataset, "val": task.val.dataset, "test": task.test.dataset}
+    sets = {"train": task.train, "val": task.val, "test": task.test}
     kept = {s: files_of(ds) for s, ds in sets.items()}
     full = {r for r, x in samples.items() if r.split("/")[0] in TEN and len(x) == 16000}
     assert set().union(*map(set, kept.values())) == full and sum(map(len, kept.values())) == len(full)  # disjoint
@@ -126,7 +127,7 @@ def test_sc10_definition(tree, tmp_path: Path) -> None:
             assert torch.equal(item["inputs"][:, 0], torch.from_numpy(samples[rel].astype(np.float32) / 32768))
     assert info["n_short_dropped"] == 10 and info["n_padded"] == {"train": 0, "val": 0, "test": 0}
     assert info["n_examples"] == {"train": 140, "val": 30, "test": 30} and info["split_seed"] == 0
-    batch = next(iter(task.train))
+    batch = next(iter(loader(task, "train")))
     assert batch["inputs"].shape == (8, 16000, 1) and batch["inputs"].dtype == torch.float32
     assert batch["lengths"].tolist() == [16000] * 8 and batch["labels"].dtype == torch.int64
 
@@ -135,11 +136,11 @@ def test_sc10_split_is_seeded(tree, tmp_path: Path) -> None:
     root, _ = tree
     kw = dict(root=str(root), normalize="none", **QUIET)
     a = build_task("speech_commands", tmp_path, **kw)
-    b = build_task("speech_commands", tmp_path, **kw, seed=7)  # the training seed must not move the split
+    b = build_task("speech_commands", tmp_path, **kw)  # the same split again
     c = build_task("speech_commands", tmp_path, **kw, split_seed=1)
     for s in ("train", "val", "test"):
-        assert files_of(getattr(a, s).dataset) == files_of(getattr(b, s).dataset)
-    assert set(files_of(a.val.dataset)) != set(files_of(c.val.dataset))
+        assert files_of(getattr(a, s)) == files_of(getattr(b, s))
+    assert set(files_of(a.val)) != set(files_of(c.val))
     assert c.spec.info["n_examples"] == a.spec.info["n_examples"]
 
 
@@ -164,14 +165,14 @@ def test_sc35_official_lists_and_padding(tree, tmp_path: Path) -> None:
     assert spec.n_classes == 35 and info["classes"] == ALL35 and spec.chance_acc == pytest.approx(1 / 35)
     val = set((root / "validation_list.txt").read_text().split())
     test = set((root / "testing_list.txt").read_text().split())
-    got = {s: files_of(getattr(task, s).dataset) for s in ("train", "val", "test")}
+    got = {s: files_of(getattr(task, s)) for s in ("train", "val", "test")}
     assert set(got["val"]) == val and set(got["test"]) == test
     assert set(got["train"]) == set(samples) - val - test and not any("_background_noise_" in r for r in got["train"])
     for s, rels in got.items():
         assert info["n_padded"][s] == sum(len(samples[r]) < 16000 for r in rels)
     test_labels = [ALL35.index(r.split("/")[0]) for r in got["test"]]
     assert info["majority_frac"] == pytest.approx(max(np.bincount(test_labels)) / len(test_labels))
-    ds = task.train.dataset
+    ds = task.train
     short = [i for i, r in enumerate(ds.files) if len(samples[r]) < 16000]
     assert short
     for i in short[:3]:
@@ -180,7 +181,7 @@ def test_sc35_official_lists_and_padding(tree, tmp_path: Path) -> None:
         assert item["label"] == ALL35.index(ds.files[i].split("/")[0]) and item["inputs"].shape == (16000, 1)
         assert torch.equal(item["inputs"][:n, 0], torch.from_numpy(x.astype(np.float32) / 32768))
         assert not item["inputs"][n:].any() and ds.clip_lengths[i] == n
-    batch = next(iter(task.val))
+    batch = next(iter(loader(task, "val")))
     assert (batch["lengths"] == 16000).all()  # padded clips count as full input, as in the S4 code
 
 
@@ -261,13 +262,13 @@ def test_mfcc_task(tree, tmp_path: Path) -> None:
     task = build_task("speech_commands", tmp_path, root=str(root), features="mfcc", normalize="none", **QUIET)
     assert (task.spec.d_input, task.spec.l_max) == (20, 161)
     assert task.spec.info["feature_params"]["n_mels"] == 64 and task.spec.info["normalize"] == "none"
-    ds = task.test.dataset
+    ds = task.test
     for i in (0, len(ds) - 1):
         item = ds[i]
         want = mfcc_reference(samples[ds.files[i]] / 32768)
         assert item["inputs"].shape == (161, 20) and item["inputs"].dtype == torch.float32
         assert np.abs(item["inputs"].numpy() - want).max() < 1e-3  # float32 MFCC, as measured in the test above
-    assert next(iter(task.train))["inputs"].shape[1:] == (161, 20)
+    assert next(iter(loader(task, "train")))["inputs"].shape[1:] == (161, 20)
 
 
 # ----------------------------------------------------------------------------------------------- normalising
@@ -280,12 +281,12 @@ def test_normalization_uses_training_statistics(tree, tmp_path: Path, features: 
     plain = build_task("speech_commands", tmp_path, normalize="none", **kw)
     task = build_task("speech_commands", tmp_path, normalize=normalize, **kw)
     assert task.spec.info["normalize"] == mode
-    train = np.stack([plain.train.dataset[i]["inputs"].numpy() for i in range(len(plain.train.dataset))])
+    train = np.stack([plain.train[i]["inputs"].numpy() for i in range(len(plain.train))])
     train = train.astype(np.float64)                                    # (N, L, D)
     axes = (0,) if mode == "position" else (0, 1)
     mean, std = train.mean(axes), train.std(axes, ddof=1)               # unbiased, as torch.std
     for split in ("train", "test"):
-        raw_ds, ds = getattr(plain, split).dataset, getattr(task, split).dataset
+        raw_ds, ds = getattr(plain, split), getattr(task, split)
         for i in (0, len(ds) - 1):
             want = (raw_ds[i]["inputs"].numpy() - mean) / (std + 1e-5)
             assert np.abs(ds[i]["inputs"].numpy() - want).max() < 1e-4  # float32 arithmetic on O(1..10) values
@@ -308,12 +309,12 @@ def test_cache_reuse_invalidation_and_interruption(tree, tmp_path: Path, monkeyp
     mfcc_task = build_task("speech_commands", data, features="mfcc", **kw)
     again = build_task("speech_commands", data, **kw)
     assert len(calls) == 210 and again.spec.info["cache"] == mfcc_task.spec.info["cache"] == str(cache)
-    rel = first.val.dataset.files[0]
+    rel = first.val.files[0]
     write_wav(root / rel, clip(np.random.default_rng(9), 16000))  # same size, new content and time
     changed = build_task("speech_commands", data, **kw)
     assert len(calls) == 420 and changed.spec.info["cache"] != str(cache)
-    i = changed.val.dataset.files.index(rel)
-    assert torch.equal(changed.val.dataset[i]["inputs"][:, 0],
+    i = changed.val.files.index(rel)
+    assert torch.equal(changed.val[i]["inputs"][:, 0],
                        torch.from_numpy(sc.read_wav(root / rel).astype(np.float32) / 32768))
     # an interrupted decode leaves nothing that a later build would trust
     write_wav(root / "yes" / "ffffffff_nohash_0.wav", clip(np.random.default_rng(10), 16000))
@@ -393,7 +394,7 @@ def test_limits_and_benchmark_flag(tree, tmp_path: Path, monkeypatch: pytest.Mon
     assert small.spec.info["n_examples"] == {"train": 5, "val": 2, "test": 3}
     assert small.spec.info["n_available"] == {"train": 140, "val": 30, "test": 30}
     same = build_task("speech_commands", tmp_path, n_train=5, n_val=2, n_test=3, **kw)
-    assert files_of(same.train.dataset) == files_of(small.train.dataset)
+    assert files_of(same.train) == files_of(small.train)
     full = build_task("speech_commands", tmp_path, **kw)
     assert full.spec.info["benchmark"] is False  # 200 clips, not the archive's 34,975
     monkeypatch.setattr(sc, "EXPECTED", {"sc10": {"total": 200}, "sc35": {"train": 150, "val": 55, "test": 55}})

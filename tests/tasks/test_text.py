@@ -13,6 +13,7 @@ import torch
 
 import tasks.text  # noqa: F401  (registers "text")
 from tasks import DatasetMissingError, build_task
+from harness.loading import loader
 
 # (label, raw file content). Covers <br /> tags, surrounding whitespace (stripped, as TFDS imdb_reviews does),
 # multi-byte UTF-8 (2-, 3- and 4-byte characters), an empty and a whitespace-only review, a byte-identical duplicate.
@@ -69,10 +70,10 @@ def test_ids_are_bytes_plus_one_and_truncated(tmp_path: Path) -> None:
     write_aclimdb(tmp_path / "imdb")
     l_max = 12
     task = build_task("text", tmp_path, l_max=l_max, n_val=5)
-    got = items(task.test.dataset)
+    got = items(task.test)
     assert Counter(got) == Counter((tuple(expected_ids(c, l_max)), y) for y, c in TEST)
     assert all(len(ids) <= l_max for ids, _ in got) and all(0 not in ids for ids, _ in got)
-    train_val = items(task.train.dataset) + items(task.val.dataset)
+    train_val = items(task.train) + items(task.val)
     assert Counter(train_val) == Counter((tuple(expected_ids(c, l_max)), y) for y, c in TRAIN)
     info = task.spec.info
     n_long = sum(len(c.encode().strip()) > l_max for _, c in TRAIN)
@@ -85,7 +86,7 @@ def test_ids_are_bytes_plus_one_and_truncated(tmp_path: Path) -> None:
 def test_untruncated_multibyte_review(tmp_path: Path) -> None:
     write_aclimdb(tmp_path / "imdb")
     task = build_task("text", tmp_path, n_val=5)
-    ids = {ids for ids, _ in items(task.train.dataset) + items(task.val.dataset)}
+    ids = {ids for ids, _ in items(task.train) + items(task.val)}
     want = [b + 1 for b in "Café crème, naïve ☕ 🎬".encode("utf-8")]
     assert tuple(want) in ids and max(want) == 0xF0 + 1  # the 4-byte emoji starts with byte 0xF0
     assert tasks.text.encode("Café").tolist() == [b + 1 for b in "Café".encode()]
@@ -98,7 +99,7 @@ def test_batches_and_spec(tmp_path: Path) -> None:
     assert (spec.vocab_size, spec.n_classes, spec.chance_acc, spec.pad_id, spec.dual_input) == (257, 2, 0.5, 0, False)
     n = spec.info["n_examples"]
     assert spec.info["majority_frac"] == 0.5 and n["train"] + n["val"] == 40 and n["val"] in (5, 6) and n["test"] == 4
-    batch = next(iter(task.test))
+    batch = next(iter(loader(task, "test")))
     assert set(batch) == {"inputs", "lengths", "labels"}
     assert batch["inputs"].dtype == torch.int64 and batch["inputs"].shape == (4, int(batch["lengths"].max()))
     for row, n in zip(batch["inputs"], batch["lengths"]):
@@ -108,15 +109,15 @@ def test_batches_and_spec(tmp_path: Path) -> None:
 def test_validation_split_is_disjoint_and_seeded(tmp_path: Path) -> None:
     write_aclimdb(tmp_path / "imdb")
     a = build_task("text", tmp_path, val_fraction=0.25)
-    val, train, test = items(a.val.dataset), items(a.train.dataset), items(a.test.dataset)
+    val, train, test = items(a.val), items(a.train), items(a.test)
     assert len(val) >= 10 and len(train) + len(val) == len(TRAIN)  # 0.25 * 40 reviews, more only for duplicates
     assert not {ids for ids, _ in val} & {ids for ids, _ in train}  # the duplicate review stays on one side
     assert not {ids for ids, _ in val} & {ids for ids, _ in test}
-    assert items(build_task("text", tmp_path, val_fraction=0.25, seed=5).val.dataset) == val  # seed: shuffling only
-    others = [items(build_task("text", tmp_path, val_fraction=0.25, split_seed=s).val.dataset) for s in (1, 2)]
+    assert items(build_task("text", tmp_path, val_fraction=0.25).val) == val  # the same split again
+    others = [items(build_task("text", tmp_path, val_fraction=0.25, split_seed=s).val) for s in (1, 2)]
     assert any(Counter(o) != Counter(val) for o in others)
     exact = build_task("text", tmp_path, n_val=7, split_seed=3)
-    assert len(exact.val.dataset) in (7, 8) and exact.spec.info["split_seed"] == 3  # 8 if it took the duplicate pair
+    assert len(exact.val) in (7, 8) and exact.spec.info["split_seed"] == 3  # 8 if it took the duplicate pair
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "arrow"])
@@ -126,7 +127,7 @@ def test_both_sources_give_identical_datasets(tmp_path: Path, fmt: str) -> None:
     acl = build_task("text", tmp_path / "d", path=str(tmp_path / "a"), l_max=20, n_val=6, split_seed=4)
     hf = build_task("text", tmp_path / "d", path=str(tmp_path / "h"), source="hf", l_max=20, n_val=6, split_seed=4)
     for split in ("train", "val", "test"):
-        assert items(getattr(acl, split).dataset) == items(getattr(hf, split).dataset), split
+        assert items(getattr(acl, split)) == items(getattr(hf, split)), split
     assert hf.spec.info["source"] == "hf" and acl.spec.info["source"] == "aclimdb"
     drop = ("source", "path")
     assert {k: v for k, v in acl.spec.info.items() if k not in drop} == {k: v for k, v in hf.spec.info.items() if k not in drop}
@@ -160,14 +161,14 @@ def test_cache_is_reused_and_refreshed_on_edit(tmp_path: Path, monkeypatch: pyte
     edited.write_text("changed my mind")
     os.utime(edited, ns=(1, 1))  # a different modification time, whatever the clock resolution
     task = build_task("text", tmp_path, n_val=5)
-    assert (tuple(expected_ids("changed my mind")), 0) in items(task.test.dataset)
+    assert (tuple(expected_ids("changed my mind")), 0) in items(task.test)
 
 
 def test_hf_cache_is_reused(tmp_path: Path) -> None:
     write_hf(tmp_path / "imdb")
-    first = items(build_task("text", tmp_path, n_val=5).train.dataset)
+    first = items(build_task("text", tmp_path, n_val=5).train)
     before = _cache_state(tmp_path / ".hf_cache")
-    assert items(build_task("text", tmp_path, n_val=5).train.dataset) == first
+    assert items(build_task("text", tmp_path, n_val=5).train) == first
     assert _cache_state(tmp_path / ".hf_cache") == before  # nothing parsed or encoded again
 
 
