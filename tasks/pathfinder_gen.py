@@ -74,12 +74,10 @@ curv_contour_length_9 / curv_contour_length_14.)
 """
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
+from tasks.pathfinder_draw import PaddleTables, paddle_tables, render, render_layers  # noqa: F401  (render: API)
 
 __all__ = ["DIFFICULTIES", "FORMAT_VERSION", "TARGET_BATCH", "PathfinderParams", "Example", "lra_params",
            "sample_examples", "sample_example", "render_layers", "render"]
@@ -159,182 +157,11 @@ class Example:
     target_attempts: int = 0                # two_snakes calls this image took (diagnostic)
 
 
-# ---------------------------------------------------------------- scipy.misc / cv2 semantics
-
-
-def _bytescale(a: np.ndarray) -> np.ndarray:
-    """scipy<=1.2 ``bytescale``: uint8 unchanged; else (a - min) 255 / (max - min) (0 -> 1), + 0.5, truncated."""
-    a = np.asarray(a)
-    if a.dtype == np.uint8:
-        return a
-    cmin, cmax = a.min(), a.max()
-    cscale = cmax - cmin
-    scale = 255.0 / (cscale if cscale != 0 else 1)
-    return (((a - cmin) * scale).clip(0, 255) + 0.5).astype(np.uint8)
-
-
-def _resize(a: np.ndarray, n: int) -> np.ndarray:
-    """scipy<=1.2 ``imresize(a, (n, n), interp='lanczos')``: byte-scaled, then PIL Lanczos; uint8."""
-    return np.asarray(Image.fromarray(_bytescale(a), "L").resize((n, n), Image.Resampling.LANCZOS))
-
-
-def _disk(r: int) -> np.ndarray:
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
-    return x * x + y * y <= r * r
-
-
-def _dilate(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """``cv2.dilate``: out[p] = max over kernel entries k != 0 of img[p + k - centre]; pixels outside ignored
-    (a pixel with all of them outside gets -inf)."""
-    h, w = img.shape
-    c0, c1 = kernel.shape[0] // 2, kernel.shape[1] // 2
-    out = np.full(img.shape, -np.inf)
-    for ky, kx in zip(*np.nonzero(kernel)):
-        dy, dx = ky - c0, kx - c1
-        if abs(dy) >= h or abs(dx) >= w:
-            continue
-        dst = out[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-        np.maximum(dst, img[max(dy, 0):h - max(-dy, 0), max(dx, 0):w - max(-dx, 0)], out=dst)
-    return out
-
-
-def _free_map(occupied: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Pixels p with some p + o (o in offsets) inside the image and none of those occupied: where
-    ``dilate(lined, kernel)`` is <= 0.3 for a 0/1 ``lined`` (cv2 semantics above)."""
-    h, w = occupied.shape
-    some, blocked = np.zeros((h, w), bool), np.zeros((h, w), bool)
-    for dy, dx in offsets:
-        ys, xs = slice(max(-dy, 0), h - max(dy, 0)), slice(max(-dx, 0), w - max(dx, 0))
-        some[ys, xs] = True
-        blocked[ys, xs] |= occupied[max(dy, 0):h - max(-dy, 0), max(dx, 0):w - max(-dx, 0)]
-    return some & ~blocked
-
-
-def _padded(rows: list[np.ndarray], fill_first: bool = True) -> np.ndarray:
-    """Ragged 1-D arrays -> (n, max_len), each padded by repeating its first entry."""
-    width = max(1, max(len(r) for r in rows))
-    return np.stack([np.concatenate([r, np.full(width - len(r), r[0] if len(r) else 0, dtype=r.dtype)])
-                     for r in rows])
-
-
-class _Tables:
-    """Everything that does not depend on where a paddle is, for one (params, margin).
-
-    Orientation index o: 0..359 the seed orientations (degree o - 180), 360 + k the paddle grown toward ring
-    candidate k. Grids: image pixel (r, c) is cell ``(r + B) W + c + B`` of a flat (W, W) uint8 grid."""
-
-    def __init__(self, p: PathfinderParams, margin: int):
-        S, L, m, aa, th = p.image_size, p.paddle_length, margin, p.antialias_scale, p.paddle_thickness
-        if round(th * aa) != th * aa:
-            raise ValueError("paddle thickness x antialias scale must be whole")
-        if p.padding < 1:
-            raise ValueError("padding must be >= 1 (the distractor seed test relies on the border)")
-        self.margin, self.size = m, S
-        self.R = R = int(L + math.ceil(th) + m)
-        n, sb, cb, width = 2 * R + 1, 2 * R * aa + 1, R * aa, int(round(th * aa))
-        # candidate heads around an integer pivot (s:312-325); integer offsets whatever the pivot (checked)
-        r = L + m
-        angles = np.arange(0, 360, 360. / (2 * r * np.pi)) * np.pi / 180
-        fy, fx = r * np.sin(angles), r * np.cos(angles)
-        q = np.arange(-3 * S, 3 * S, dtype=float)[:, None]
-        for f in (fy, fx):
-            v = q + f[None]
-            if not np.array_equal(v.astype(int)[v >= 0], (q + np.floor(f)[None])[v >= 0].astype(int)):
-                raise AssertionError("ring candidates depend on the pivot")
-        self.ring = ring = np.unique(np.stack([np.floor(fy), np.floor(fx)], 1).astype(int), axis=0)   # (K, 2)
-        self.K, self.n_seed = len(ring), 360
-        phi = np.arctan2(ring[:, 0].astype(float), ring[:, 1].astype(float))
-        seeds = np.arange(-180, 180) * np.pi / 180
-        flipped = np.where(phi < 0, phi + np.pi, phi - np.pi)
-        drawn = np.concatenate([seeds, flipped])            # orientation each paddle is drawn in
-        onward = np.concatenate([seeds, phi])               # orientation the contour goes on in
-        self.sin, self.cos = np.sin(onward), np.cos(onward)
-        self.draw_sin, self.draw_cos = np.sin(drawn), np.cos(drawn)
-        reverse = np.where(seeds + np.pi < np.pi, seeds + np.pi, seeds - np.pi)
-        self.rev_sin, self.rev_cos = np.sin(reverse), np.cos(reverse)
-        large = _disk(m * aa).astype(np.uint8)
-        paddles, masks = [], []
-        for theta in drawn:
-            head = (int(np.ceil(cb + float(L * aa) * np.sin(theta))), int(np.ceil(cb + float(L * aa) * np.cos(theta))))
-            canvas = Image.new("F", (sb, sb), "black")
-            ImageDraw.Draw(canvas).line([(cb, cb), (head[1], head[0])], fill="white", width=width)
-            blown = np.array(canvas)
-            paddles.append(_resize(blown, n))
-            masks.append(_resize(_dilate(blown, large).astype(np.uint8), n))
-        self.P, self.M = np.stack(paddles), np.stack(masks)                     # (O, n, n) uint8
-        disk_m = _disk(m)
-        self.DM = np.stack([_dilate(np.pad(a, m).astype(float), disk_m).astype(np.uint8) for a in self.M])
-        # grids
-        self.B = B = R + m + int(math.ceil(L)) + 3
-        self.W = Wd = S + 2 * B
-        inimage = np.zeros((Wd, Wd), bool)
-        inimage[B:B + S, B:B + S] = True
-        self.inimage = inimage.reshape(-1)
-        self.image_cells = np.flatnonzero(self.inimage)                         # row-major
-        border = np.zeros((S, S), bool)
-        pd = p.padding
-        border[:pd] = border[S - pd:] = True
-        border[:, :pd] = True
-        border[:, S - pd:] = True
-        mask0 = np.zeros((Wd, Wd), np.uint8)
-        mask0[B:B + S, B:B + S] = 255 * border
-        dmask0 = np.zeros((Wd, Wd), np.uint8)
-        dmask0[B:B + S, B:B + S] = _dilate(255.0 * border, disk_m).astype(np.uint8)
-        self.mask0, self.dmask0 = mask0.reshape(-1), dmask0.reshape(-1)
-
-        def support(arrays: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
-            offs, vals = [], []
-            for a in arrays:
-                jy, jx = np.nonzero(a)
-                offs.append(((jy - half) * Wd + (jx - half)).astype(np.int64))
-                vals.append(a[jy, jx])
-            return _padded(offs), _padded(vals)
-        self.m_off, self.m_val = support(self.M, R)                             # (O, F) flat offsets, uint8
-        self.dm_off, self.dm_val = support(self.DM, R + m)
-        # seed free-space kernels (s:163-196, s2:112-145): the margin-mask core (== 1) of a paddle anchored at
-        # (L+m+1, L+m+1) on a (2(L+m)+1)^2 canvas, as offsets from the kernel centre
-        ks, c0 = int(2 * (L + m) + 1), int(L + m)
-        core = []
-        for o in range(360):
-            jy, jx = np.nonzero(self.M[o] == 255)
-            ky, kx = c0 + 1 - R + jy, c0 + 1 - R + jx
-            keep = (ky >= 0) & (ky < ks) & (kx >= 0) & (kx < ks)
-            core.append(np.stack([ky[keep] - c0, kx[keep] - c0], 1))
-        self.core_n = np.array([len(c) for c in core])
-        self.core_off = _padded([(c[:, 0] * Wd + c[:, 1]).astype(np.int64) for c in core])   # (360, C)
-        sd2 = int(round(2 * p.seed_distance))
-        lined = border.copy()
-        lined[:sd2] = lined[S - sd2:] = True
-        lined[:, :sd2] = True
-        lined[:, S - sd2:] = True
-        # cv2.dilate leaves -DBL_MAX where every kernel offset falls outside the image, and snakes'
-        # find_available_coordinates returns *no* pixel at all when the map has a negative entry (s:88-90):
-        # orientations whose kernel misses the image from some pixel ("blind") never seed
-        self.blind = np.array([not _free_map(np.zeros((S, S), bool), c).all() for c in core])
-        free1 = [np.argwhere(_free_map(lined, c)) if not b else np.zeros((0, 2), int) for c, b in zip(core, self.blind)]
-        self.nfree1 = np.array([len(f) for f in free1])
-        top = max(1, self.nfree1.max())
-        self.free1 = np.stack([np.concatenate([f, np.zeros((top - len(f), 2), int)]) for f in free1])  # (360, F, 2)
-        # continuity weights of the K candidates after orientation o (s:327-332)
-        d = np.abs(phi[None, :] - onward[:, None])
-        delta = np.minimum(np.minimum(d, 2 * np.pi - d) * p.continuity, 0.5 * np.pi)
-        self.weights = np.maximum(np.cos(delta), 0) ** 2                        # (O, K)
-        self.inv = 1 - (np.arange(256) / 255).astype(np.float32).astype(np.float64)
-
-    def cell(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return (y + self.B) * self.W + x + self.B
-
-
-@functools.lru_cache(maxsize=8)
-def _tables(p: PathfinderParams, margin: int) -> _Tables:
-    return _Tables(p, margin)
-
-
 def _inside(pt: np.ndarray, size: int) -> np.ndarray:
     return ((pt >= 0) & (pt < size)).all(-1)
 
 
-def _seed_ends(p: PathfinderParams, t: _Tables, tail: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _seed_ends(p: PathfinderParams, t: PaddleTables, tail: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """head = ceil(tail + L u), pivot = ceil(head + (L + m) u_reversed) (s:419-426), for seed orientations o."""
     L, r = float(p.paddle_length), float(p.paddle_length + t.margin)
     hy = np.ceil(tail[..., 0] + L * t.sin[o]).astype(int)
@@ -344,7 +171,7 @@ def _seed_ends(p: PathfinderParams, t: _Tables, tail: np.ndarray, o: np.ndarray)
     return np.stack([hy, hx], -1), np.stack([py, px], -1)
 
 
-def _stamp(t: _Tables, mask: np.ndarray, dmask: np.ndarray, base: np.ndarray, anchor: np.ndarray,
+def _stamp(t: PaddleTables, mask: np.ndarray, dmask: np.ndarray, base: np.ndarray, anchor: np.ndarray,
            o: np.ndarray) -> None:
     """mask = max(mask, margin mask of paddle (anchor, o)) (clipped to the image); dmask likewise, dilated."""
     local = t.cell(anchor[:, 0], anchor[:, 1])[:, None]
@@ -355,7 +182,7 @@ def _stamp(t: _Tables, mask: np.ndarray, dmask: np.ndarray, base: np.ndarray, an
     dmask[idx] = np.maximum(dmask[idx], t.dm_val[o])
 
 
-def _extend(p: PathfinderParams, t: _Tables, mask: np.ndarray, dmask: np.ndarray, base: np.ndarray,
+def _extend(p: PathfinderParams, t: PaddleTables, mask: np.ndarray, dmask: np.ndarray, base: np.ndarray,
             pivot: np.ndarray, prev: np.ndarray, u: np.ndarray):
     """``extend_snake`` for n contours at once (s:235-301): ok (n,), new pivot (n, 2), ring choice (n,), head (n, 2).
     Does not change the grids; the caller stamps the previous paddle where ok."""
@@ -384,7 +211,7 @@ def _extend(p: PathfinderParams, t: _Tables, mask: np.ndarray, dmask: np.ndarray
     return good.any(1), np.stack([qy, qx], 1), idx[ar, j], np.stack([hy[ar, j], hx[ar, j]], 1)
 
 
-def _target_round(p: PathfinderParams, t: _Tables, u: np.ndarray):
+def _target_round(p: PathfinderParams, t: PaddleTables, u: np.ndarray):
     """``two_snakes`` for each row of u (n, X): the rows that succeeded, their paddles (k, 2, cl, 3) and grids."""
     S, reps, steps, sd = p.image_size, p.max_paddle_retrial + 1, p.contour_length - 1, p.seed_distance
     ar = np.arange(len(u))
@@ -430,7 +257,7 @@ def _target_round(p: PathfinderParams, t: _Tables, u: np.ndarray):
     return rows[live], rec[live], mask.reshape(g, cells)[live], dmask.reshape(g, cells)[live]
 
 
-def _grow_targets(p: PathfinderParams, t: _Tables, rngs: list[np.random.Generator]) -> list[tuple]:
+def _grow_targets(p: PathfinderParams, t: PaddleTables, rngs: list[np.random.Generator]) -> list[tuple]:
     """Each image's two target contours (paddle rows) and grids: the first of its attempts that succeeds; the
     attempts are i.i.d. (a block of uniforms each, drawn in order), so this is the reference's restart loop."""
     reps, steps = p.max_paddle_retrial + 1, p.contour_length - 1
@@ -450,7 +277,7 @@ def _grow_targets(p: PathfinderParams, t: _Tables, rngs: list[np.random.Generato
     return out
 
 
-def _seed_free(t: _Tables, grids: np.ndarray, local: np.ndarray, o: np.ndarray) -> np.ndarray:
+def _seed_free(t: PaddleTables, grids: np.ndarray, local: np.ndarray, o: np.ndarray) -> np.ndarray:
     """(r, T): pixel cells ``local`` free for a seed of orientation o (r,) in grids (r, W^2) (s:179-196)."""
     c = local[:, :, None] + t.core_off[o][:, None, :]                                  # (r, T, C)
     inimg = t.inimage[c]
@@ -458,7 +285,7 @@ def _seed_free(t: _Tables, grids: np.ndarray, local: np.ndarray, o: np.ndarray) 
     return inimg.any(2) & ~(taken & inimg).any(2) & ~t.blind[o][:, None]
 
 
-def _distractor_try(p: PathfinderParams, t: _Tables, masks: np.ndarray, dmasks: np.ndarray, rows: np.ndarray,
+def _distractor_try(p: PathfinderParams, t: PaddleTables, masks: np.ndarray, dmasks: np.ndarray, rows: np.ndarray,
                     u: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """One ``make_snake`` attempt in each image ``rows`` (u: (r, X)); the images where it succeeded (their grids
     updated) and the paddle rows of each new contour."""
@@ -519,7 +346,7 @@ def _distractor_try(p: PathfinderParams, t: _Tables, masks: np.ndarray, dmasks: 
     return done, list(rec[live])
 
 
-def _grow_distractors(p: PathfinderParams, t: _Tables, masks: np.ndarray, dmasks: np.ndarray,
+def _grow_distractors(p: PathfinderParams, t: PaddleTables, masks: np.ndarray, dmasks: np.ndarray,
                       rngs: list[np.random.Generator]) -> list[list[np.ndarray]]:
     """``make_many_snakes`` (s:39-84) for each image (grids (g, W^2), updated): its distractors' paddle rows."""
     g, tries = len(rngs), p.max_distractor_retrial + 1
@@ -538,7 +365,7 @@ def _grow_distractors(p: PathfinderParams, t: _Tables, masks: np.ndarray, dmasks
     return out
 
 
-def _segments(p: PathfinderParams, t: _Tables, paddles: np.ndarray) -> np.ndarray:
+def _segments(p: PathfinderParams, t: PaddleTables, paddles: np.ndarray) -> np.ndarray:
     """Paddle rows (n, 3) -> nominal segments (n, 2, 2): (end nearer the origin, far end)."""
     a, o = paddles[:, :2].astype(float), paddles[:, 2]
     other = a + p.paddle_length * np.stack([t.draw_sin[o], t.draw_cos[o]], 1)
@@ -558,7 +385,7 @@ def sample_examples(p: PathfinderParams, data_seed: int, indices: list[int] | ra
     distractors: list = [None] * len(indices)
     attempts = [0] * len(indices)
     for margin in sorted(set(margins)):
-        t = _tables(p, margin)
+        t = paddle_tables(p, margin)
         group = [j for j, m in enumerate(margins) if m == margin]
         grown = _grow_targets(p, t, [np.random.default_rng([data_seed, indices[j], 1]) for j in group])
         masks = np.stack([x[2] for x in grown])
@@ -569,7 +396,7 @@ def sample_examples(p: PathfinderParams, data_seed: int, indices: list[int] | ra
             targets[j], distractors[j], attempts[j] = (x[0], x[1]), f, x[4]
     out = []
     for j, (label, margin, origin) in enumerate(zip(labels, margins, origins)):
-        t = _tables(p, margin)
+        t = paddle_tables(p, margin)
         terminal = origin if label == 1 else 1 - origin
         pair = targets[j]
         markers = np.stack([pair[origin][0, :2], pair[terminal][-1, :2]]).astype(float)  # s2:330-331
@@ -583,50 +410,3 @@ def sample_examples(p: PathfinderParams, data_seed: int, indices: list[int] | ra
 def sample_example(p: PathfinderParams, data_seed: int, index: int) -> Example:
     """The geometry of example ``index`` (see ``sample_examples``)."""
     return sample_examples(p, data_seed, [index])[0]
-
-
-def _draw_paddles(p: PathfinderParams, t: _Tables, contours) -> np.ndarray:
-    """Maximum of the paddles' own canvases pasted at their anchors (clipped): (S, S) uint8."""
-    S, R = p.image_size, t.R
-    layer = np.zeros((S, S), np.uint8)
-    for paddles in contours:
-        for ay, ax, o in np.asarray(paddles).tolist():
-            y0, y1, x0, x1 = max(ay - R, 0), min(ay + R, S - 1), max(ax - R, 0), min(ax + R, S - 1)
-            if y0 > y1 or x0 > x1:
-                continue
-            dst = layer[y0:y1 + 1, x0:x1 + 1]
-            np.maximum(dst, t.P[o][y0 - ay + R:y1 - ay + R + 1, x0 - ax + R:x1 - ax + R + 1], out=dst)
-    return layer
-
-
-def _draw_marker(p: PathfinderParams, centre: np.ndarray) -> np.ndarray:
-    """``draw_circle`` (s2:224-230): a disc around fine pixel (cy aa, cx aa), resized to S: (S, S) uint8."""
-    S, aa = p.image_size, p.antialias_scale
-    cy, cx = int(centre[0]), int(centre[1])
-    y, x = np.ogrid[-cy * aa:(S - cy) * aa, -cx * aa:(S - cx) * aa]
-    fine = np.zeros((S * aa, S * aa))
-    fine[x ** 2 + y ** 2 <= (p.marker_radius * aa) ** 2] = 1
-    return _resize(fine, S)
-
-
-def render_layers(ex: Example, p: PathfinderParams) -> dict[str, np.ndarray]:
-    """The three layers of an image, each (S, S) float32 in [0, 1] before contrast: targets, distractors, markers."""
-    t = _tables(p, ex.margin)
-    markers = np.maximum(_draw_marker(p, ex.markers[0]), _draw_marker(p, ex.markers[1]))
-    return {"targets": _draw_paddles(p, t, ex.target_paddles).astype(np.float32) / 255,
-            "distractors": _draw_paddles(p, t, ex.distractor_paddles).astype(np.float32) / 255,
-            "markers": markers.astype(np.float32) / 255}
-
-
-def _contrast(layer: np.ndarray, c: float) -> np.ndarray:
-    v = layer.astype(float) / 255
-    return (v * c if c != 1.0 else v).astype(np.float32)
-
-
-def render(ex: Example, p: PathfinderParams) -> np.ndarray:
-    """The image, (S, S) uint8: maximum of the contrast-scaled paddles and the markers, byte-scaled."""
-    t = _tables(p, ex.margin)
-    image = np.maximum(_contrast(_draw_paddles(p, t, ex.target_paddles), p.target_contrast),
-                       _contrast(_draw_paddles(p, t, ex.distractor_paddles), p.distractor_contrast))
-    markers = np.maximum(_draw_marker(p, ex.markers[0]), _draw_marker(p, ex.markers[1])) / 255
-    return _bytescale(np.maximum(image, markers))

@@ -45,12 +45,7 @@ The arrays are memory-mapped, so sc35 (3.4 GB of int16) is never loaded whole.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
 import os
-import shutil
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +55,9 @@ from torch.utils.data import Dataset
 
 from tasks.data import pad_collate
 from tasks.fetch import Archive, archive_ready, missing, register_archives
+from tasks.mfcc import MFCC_PARAMS, SAMPLE_RATE, dct_matrix, mel_filterbank, mfcc  # noqa: F401  (dct, mel: API)
+from tasks.speech_cache import (CLIP_SAMPLES, N_FRAMES, ensure_decoded, ensure_mfcc, list_clips,  # noqa: F401
+                                listing_key, normalization_stats, read_wav)
 from tasks.registry import Task, TaskSpec, register_task
 
 __all__ = ["ARCHIVE", "SC10_WORDS", "SC35_WORDS", "read_wav", "mfcc", "mel_filterbank", "dct_matrix", "list_clips",
@@ -71,191 +69,17 @@ ARCHIVE = Archive(url="http://download.tensorflow.org/data/speech_commands_v0.02
                   note="Speech Commands v0.02: about 2.4 GB, 105,829 one-second clips of 35 words")
 register_archives("speech_commands", ARCHIVE)
 
-SAMPLE_RATE = 16_000
-CLIP_SAMPLES = 16_000
 SC10_WORDS: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # NCDE order
 SC35_WORDS: tuple[str, ...] = tuple(sorted(
     "backward bed bird cat dog down eight five follow forward four go happy house learn left marvin nine no off on "
     "one right seven sheila six stop three tree two up visual wow yes zero".split()))
 EXPECTED = {"sc10": {"total": 34_975},  # asserted by the NCDE and S4 code
             "sc35": {"train": 84_843, "val": 9_981, "test": 11_005}}  # the official lists of v0.02
-MFCC_PARAMS: dict[str, Any] = dict(sample_rate=SAMPLE_RATE, n_mfcc=20, n_fft=200, hop_length=100, n_mels=64,
-                                   f_min=0.0, f_max=SAMPLE_RATE / 2, window="hann (periodic)", center=True,
-                                   pad_mode="reflect", power=2.0, mel_scale="htk", mel_norm=None, log_offset=1e-6,
-                                   dct="DCT-II, orthonormal")
-N_FRAMES = CLIP_SAMPLES // MFCC_PARAMS["hop_length"] + 1  # 161 centred frames
 STD_EPS = 1e-5  # NCDE/S4: (x - mean) / (std + 1e-5)
 SUBSETS, FEATURES, NORMALIZE = ("sc10", "sc35"), ("raw", "mfcc"), ("auto", "channel", "position", "none")
-FORMAT_VERSION = 1
 
 
-# ---------------------------------------------------------------------------------------------------- decoding
-def read_wav(path: str | Path) -> np.ndarray:
-    """The int16 samples (T,) of a 16-bit PCM mono 16 kHz wav of at most 16000 samples; else ValueError naming it."""
-    try:
-        with wave.open(str(path), "rb") as w:
-            rate, channels, width, n = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
-            data = w.readframes(n)
-    except (wave.Error, EOFError) as err:
-        raise ValueError(f"{path}: not a readable PCM wav file ({err})") from None
-    if (rate, channels, width) != (SAMPLE_RATE, 1, 2):
-        raise ValueError(f"{path}: expected 16000 Hz mono 16-bit PCM, got {rate} Hz, {channels} channel(s), "
-                         f"{8 * width}-bit")
-    if len(data) != 2 * n:
-        raise ValueError(f"{path}: truncated: the header promises {n} samples, the file holds {len(data) // 2}")
-    if n > CLIP_SAMPLES:
-        raise ValueError(f"{path}: {n} samples; Speech Commands clips hold at most {CLIP_SAMPLES}")
-    return np.frombuffer(data, dtype="<i2").astype(np.int16)
-
-
-def list_clips(root: Path, words: tuple[str, ...]) -> list[str]:
-    """Relative paths ``word/file.wav`` of every clip of ``words``, by word (in ``words`` order), then name."""
-    return [f"{word}/{name}" for word in words
-            for name in sorted(e.name for e in os.scandir(root / word) if e.name.endswith(".wav") and e.is_file())]
-
-
-def listing_key(root: Path, files: list[str]) -> str:
-    """Cache key: a hash of each clip's path, size and modification time (a changed file changes the key)."""
-    digest = hashlib.sha256(f"speech_commands v{FORMAT_VERSION}\n".encode())
-    for rel in files:
-        st = os.stat(root / rel)
-        digest.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def _partial(path: Path) -> Path:
-    """Where ``path`` is written before being renamed into place: ``<path>.partial-<pid>``."""
-    return path.with_name(f"{path.name}.partial-{os.getpid()}")
-
-
-def _remove_stale_partials(path: Path) -> None:
-    """Delete ``<path>.partial-<pid>`` leftovers of writers whose process is gone (never trusted, only cleared)."""
-    for stale in path.parent.glob(f"{path.name}.partial-*"):
-        try:
-            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
-        except (ProcessLookupError, ValueError):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
-        except PermissionError:  # alive, someone else's
-            pass
-
-
-def ensure_decoded(root: Path, files: list[str], cache_root: Path, progress: bool = True) -> Path:
-    """Decode ``files`` once into ``cache_root/<key>/`` (waves.npy, lengths.npy, files.json); returns the folder."""
-    from tqdm.auto import tqdm
-
-    key = listing_key(root, files)
-    folder = cache_root / key
-    if (folder / "files.json").is_file():
-        return folder
-    cache_root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(folder)
-    tmp = _partial(folder)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        waves = np.lib.format.open_memmap(tmp / "waves.npy", mode="w+", dtype=np.int16,
-                                          shape=(len(files), CLIP_SAMPLES))  # (N, 16000), zero-filled
-        lengths = np.zeros(len(files), dtype=np.int32)                      # (N,)
-        for i, rel in enumerate(tqdm(files, desc="Speech Commands: decoding wav files", unit="clip",
-                                     disable=not progress)):
-            samples = read_wav(root / rel)
-            waves[i, : len(samples)] = samples  # shorter clips: zeros at the end
-            lengths[i] = len(samples)
-        waves.flush()
-        del waves
-        np.save(tmp / "lengths.npy", lengths)
-        (tmp / "files.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "root": str(root),
-                                                    "files": files}))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished the same decode first
-            if not (folder / "files.json").is_file():
-                raise
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
-
-
-# -------------------------------------------------------------------------------------------------------- MFCC
-def hz_to_mel(freq: torch.Tensor) -> torch.Tensor:
-    return 2595.0 * torch.log10(1.0 + freq / 700.0)  # HTK
-
-
-def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
-def mel_filterbank(n_freqs: int = MFCC_PARAMS["n_fft"] // 2 + 1, n_mels: int = MFCC_PARAMS["n_mels"],
-                   sample_rate: int = SAMPLE_RATE, f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
-    """(n_freqs, n_mels) float64 HTK-mel triangles, peak 1, no area normalisation (torchaudio melscale_fbanks).
-
-    Bin k sits at ``k * (sample_rate // 2) / (n_freqs - 1)`` Hz; the triangles' corners are ``n_mels + 2`` points
-    equally spaced in mel between f_min and f_max. Some low filters fall between two bins and are all zero
-    (with n_fft = 200 the bins are 80 Hz apart); torchaudio keeps them too, so their log is log(1e-6).
-    """
-    f_max = sample_rate / 2 if f_max is None else f_max
-    freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)                       # (F,)
-    lo, hi = hz_to_mel(torch.tensor(f_min, dtype=torch.float64)), hz_to_mel(torch.tensor(f_max, dtype=torch.float64))
-    corners = mel_to_hz(torch.linspace(float(lo), float(hi), n_mels + 2, dtype=torch.float64))        # (M + 2,)
-    rise = (freqs[:, None] - corners[None, :-2]) / (corners[1:-1] - corners[:-2])                    # (F, M)
-    fall = (corners[None, 2:] - freqs[:, None]) / (corners[2:] - corners[1:-1])                      # (F, M)
-    return torch.clamp(torch.minimum(rise, fall), min=0.0)
-
-
-def dct_matrix(n_mfcc: int = MFCC_PARAMS["n_mfcc"], n_mels: int = MFCC_PARAMS["n_mels"]) -> torch.Tensor:
-    """(n_mels, n_mfcc) float64 orthonormal DCT-II: column k is sqrt(2/N) cos(pi k (n + 1/2) / N), k = 0 over sqrt 2."""
-    n = torch.arange(n_mels, dtype=torch.float64)[:, None]
-    k = torch.arange(n_mfcc, dtype=torch.float64)[None, :]
-    basis = torch.cos(math.pi / n_mels * (n + 0.5) * k) * math.sqrt(2.0 / n_mels)                    # (N, K)
-    basis[:, 0] /= math.sqrt(2.0)
-    return basis
-
-
-def mfcc(waves: torch.Tensor) -> torch.Tensor:
-    """(B, T) float waveforms -> (B, T // 100 + 1, 20) MFCCs in the input's dtype (the parameters of MFCC_PARAMS)."""
-    p = MFCC_PARAMS
-    window = torch.hann_window(p["n_fft"], periodic=True, dtype=waves.dtype)
-    spec = torch.stft(waves, n_fft=p["n_fft"], hop_length=p["hop_length"], window=window, center=True,
-                      pad_mode="reflect", normalized=False, onesided=True, return_complex=True)  # (B, F, frames)
-    power = spec.abs() ** 2                                                                         # (B, F, frames)
-    mel = power.transpose(1, 2) @ mel_filterbank().to(waves.dtype)                                  # (B, frames, 64)
-    return torch.log(mel + p["log_offset"]) @ dct_matrix().to(waves.dtype)                          # (B, frames, 20)
-
-
-def ensure_mfcc(folder: Path, progress: bool = True, batch: int = 512) -> Path:
-    """MFCCs of every decoded clip, ``folder/mfcc-<params>.npy`` (N, 161, 20) float32, computed once in batches."""
-    from tqdm.auto import tqdm
-
-    tag = hashlib.sha256(json.dumps(MFCC_PARAMS, sort_keys=True).encode()).hexdigest()[:10]
-    path = folder / f"mfcc-{tag}.npy"
-    if path.is_file():
-        return path
-    waves = np.load(folder / "waves.npy", mmap_mode="r")                                            # (N, 16000)
-    _remove_stale_partials(path)
-    tmp = _partial(path)
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                        shape=(len(waves), N_FRAMES, MFCC_PARAMS["n_mfcc"]))       # (N, 161, 20)
-        with torch.no_grad():
-            for start in tqdm(range(0, len(waves), batch), desc="Speech Commands: MFCC", unit="batch",
-                              disable=not progress):
-                x = torch.from_numpy(waves[start:start + batch].astype(np.float32) / 32768.0)       # (b, 16000)
-                out[start:start + batch] = mfcc(x).numpy()
-        out.flush()
-        del out
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-# ------------------------------------------------------------------------------------------- splits and stats
+# ------------------------------------------------------------------------------------------------- splits
 def stratified_split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Indices into ``labels`` for train/val/test: per class, round(0.7 n) train, floor(half the rest) val, rest test.
 
@@ -291,44 +115,6 @@ def official_split(root: Path, files: list[str]) -> dict[str, np.ndarray]:
         raise ValueError(f"{root}: {files[both[0]]!r} is in both validation_list.txt and testing_list.txt")
     train = np.setdiff1d(np.arange(len(files)), np.concatenate([chosen["val"], chosen["test"]]))
     return {"train": train, "val": chosen["val"], "test": chosen["test"]}
-
-
-def _moments(array: np.ndarray, rows: np.ndarray, scale: float, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Per-position mean and sum of squared deviations of ``array[rows] * scale`` in float64 (Chan's merge)."""
-    count, mean, m2 = 0, 0.0, 0.0
-    for start in range(0, len(rows), chunk):
-        x = array[rows[start:start + chunk]].astype(np.float64) * scale                            # (b, L[, D])
-        b, mu = len(x), x.mean(0)
-        delta = mu - mean
-        m2 = m2 + ((x - mu) ** 2).sum(0) + delta ** 2 * count * b / (count + b)
-        mean = mean + delta * b / (count + b)
-        count += b
-    return np.asarray(mean), np.asarray(m2)
-
-
-def normalization_stats(array_path: Path, rows: np.ndarray, mode: str, scale: float,
-                        d: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) shaped (L, D) or (1, D) of ``array[rows] * scale``; cached beside the array by array, mode, rows."""
-    key = hashlib.sha256(f"{array_path.name} {mode} {scale}".encode() + rows.astype(np.int64).tobytes())
-    path = array_path.with_name(f"stats-{key.hexdigest()[:16]}.npz")
-    if path.is_file():
-        with np.load(path) as f:
-            return f["mean"], f["std"]
-    mean, m2 = _moments(np.load(array_path, mmap_mode="r"), rows, scale)
-    mean, m2 = mean.reshape(-1, d), m2.reshape(-1, d)                                               # (L, D)
-    n = len(rows)
-    if mode == "channel":
-        n_all = n * len(mean)
-        grand = mean.mean(0, keepdims=True)                                                         # (1, D)
-        m2 = (m2.sum(0) + (n * (mean - grand) ** 2).sum(0))[None]                                   # (1, D)
-        mean, n = grand, n_all
-    std = np.sqrt(m2 / max(n - 1, 1))
-    _remove_stale_partials(path)
-    tmp = _partial(path)
-    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-        np.savez(f, mean=mean, std=std)
-    os.replace(tmp, path)
-    return mean, std
 
 
 # ----------------------------------------------------------------------------------------------------- dataset

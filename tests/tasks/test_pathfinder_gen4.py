@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tasks import pathfinder_gen as gen
+from tasks import pathfinder_draw as draw
 
 P32, P128 = gen.lra_params(32, 14), gen.lra_params(128, 14)
 
@@ -30,11 +31,11 @@ def hard32() -> tuple[list[gen.Example], np.ndarray]:
 
 
 def test_paddle_and_marker_canvases_equal_the_reference() -> None:
-    t32 = gen._tables(P32, 1)
+    t32 = draw.paddle_tables(P32, 1)
     assert t32.P[180][4, 2:8].tolist() == REF_PADDLE32_ROW      # orientation index 180 = 0 degrees
-    t128 = gen._tables(P128, 2)
+    t128 = draw.paddle_tables(P128, 2)
     assert t128.P[180][8:11, 9:15].tolist() == REF_PADDLE128_ROWS
-    assert gen._draw_marker(P32, np.array([10.0, 10.0]))[9:12, 9:12].tolist() == REF_MARKER32
+    assert draw._draw_marker(P32, np.array([10.0, 10.0]))[9:12, 9:12].tolist() == REF_MARKER32
     # the margin mask's core (== 1) is the seed kernel: 1-4 pixels at 32; tails free for the first target seed
     assert 1 <= t32.core_n.min() and t32.core_n.max() <= 4
     assert set(t32.nfree1[~t32.blind].tolist()) <= set(range(4, 17)) and not t32.nfree1[t32.blind].any()

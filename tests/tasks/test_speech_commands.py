@@ -18,6 +18,7 @@ import torch
 import yaml
 
 import tasks.speech_commands as sc
+import tasks.speech_cache as speech_cache
 from tasks import DatasetMissingError, build_task
 from tasks.fetch import DONE_MARKER, archives_for
 from harness.loading import loader
@@ -298,7 +299,7 @@ def test_cache_reuse_invalidation_and_interruption(tree, tmp_path: Path, monkeyp
     shutil.copytree(tree[0], root)
     calls = []
     real = sc.read_wav
-    monkeypatch.setattr(sc, "read_wav", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(speech_cache, "read_wav", lambda p: calls.append(p) or real(p))
     data = tmp_path / "data"
     kw = dict(root=str(root), normalize="none", **QUIET)
     first = build_task("speech_commands", data, **kw)
@@ -325,7 +326,7 @@ def test_cache_reuse_invalidation_and_interruption(tree, tmp_path: Path, monkeyp
         calls.append(p)
         return real(p)
 
-    monkeypatch.setattr(sc, "read_wav", flaky)
+    monkeypatch.setattr(speech_cache, "read_wav", flaky)
     before = set(os.listdir(cache.parent))
     with pytest.raises(KeyboardInterrupt):
         build_task("speech_commands", data, **kw)
@@ -334,7 +335,7 @@ def test_cache_reuse_invalidation_and_interruption(tree, tmp_path: Path, monkeyp
     key = sc.listing_key(root, sc.list_clips(root, tuple(TEN)))
     stale = cache.parent / f"{key}.partial-999999999"
     stale.mkdir()
-    monkeypatch.setattr(sc, "read_wav", real)
+    monkeypatch.setattr(speech_cache, "read_wav", real)
     build_task("speech_commands", data, **kw)
     assert not stale.exists() and (cache.parent / key / "files.json").is_file()
 
