@@ -20,6 +20,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,6 +43,24 @@ def small_cnn(width: int = 16) -> nn.Module:
                 nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
     return nn.Sequential(*stage(1, width), nn.MaxPool2d(2), *stage(width, 2 * width), nn.MaxPool2d(2),
                          *stage(2 * width, 4 * width), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4 * width, 2))
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                order: torch.Tensor, batch: int, stop: Callable[[], bool] | None = None) -> float:
+    """One pass over ``x[order]`` (B, 1, S, S) / ``y[order]`` in batches of ``batch``, cross-entropy; ``stop()``
+    is asked after each step and ends the epoch early when true. Returns the mean loss per example seen."""
+    model.train()
+    total, seen = 0.0, 0
+    for i in range(0, len(order), batch):
+        j = order[i:i + batch]
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[j]), y[j])
+        loss.backward()
+        opt.step()
+        total, seen = total + loss.item() * len(j), seen + len(j)
+        if stop is not None and stop():
+            break
+    return total / seen
 
 
 @torch.no_grad()
@@ -78,24 +97,18 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = small_cnn(args.width)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    loss_fn, batch, budget = nn.CrossEntropyLoss(), args.batch, args.minutes * 60
+    batch, budget = args.batch, args.minutes * 60
     best, best_state, epochs, history = -1.0, None, 0, []
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < budget:
-        model.train()
-        order = torch.randperm(len(ys["train"]))
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            opt.zero_grad()
-            loss = loss_fn(model(xs["train"][idx]), ys["train"][idx])
-            loss.backward()
-            opt.step()
-            if time.perf_counter() - t0 > budget:
-                break
+        order = torch.randperm(len(ys["train"]))  # global RNG (seeded above); the budget may end an epoch early
+        loss = train_epoch(model, opt, xs["train"], ys["train"], order, batch,
+                           stop=lambda: time.perf_counter() - t0 > budget)
         epochs += 1
         val = accuracy(model, xs["val"], ys["val"])
         history.append(val)
-        print(f"epoch {epochs}: loss {loss.item():.3f} val {val:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        # loss: the epoch's mean training loss (before the shared train_epoch: the last batch's)
+        print(f"epoch {epochs}: loss {loss:.3f} val {val:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
         if val > best:
             best, best_state = val, {k: v.clone() for k, v in model.state_dict().items()}
     train_s = time.perf_counter() - t0

@@ -54,7 +54,7 @@ from core.env import device_name, git_commit  # noqa: E402
 from tasks.pathfinder_gen import DIFFICULTIES, FORMAT_VERSION, lra_params, render, sample_examples  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from pathfinder_learnability import small_cnn  # noqa: E402  (one classifier for both Pathfinder benchmarks)
+from pathfinder_learnability import small_cnn, train_epoch  # noqa: E402  (one classifier and loop for both)
 
 HELD_OUT_FRAC, VAL_FRAC = 0.30, 0.20
 GROUP = {32: 32, 128: 8}     # images per sample_examples call (shares numpy calls only; images do not depend on it)
@@ -168,23 +168,14 @@ def two_sample(a: np.ndarray, b: np.ndarray, seed: int, max_epochs: int, patienc
     torch.manual_seed(seed)
     model = small_cnn(width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
     best, best_epoch, best_state, history = -1, 0, None, []
     for epoch in range(1, max_epochs + 1):
-        model.train()
-        order = torch.randperm(len(ys["train"]), generator=gen)
-        total = 0.0
-        for i in range(0, len(order), batch):
-            j = order[i:i + batch]
-            opt.zero_grad()
-            loss = loss_fn(model(xs["train"][j]), ys["train"][j])
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(j)
+        order = torch.randperm(len(ys["train"]), generator=gen)   # its own generator; whole epochs only
+        loss = train_epoch(model, opt, xs["train"], ys["train"], order, batch)
         val = _correct(model, xs["val"], ys["val"])
         history.append(val / len(ys["val"]))
-        log(f"  epoch {epoch}: train loss {total / len(order):.4f}  val {history[-1]:.3f}  "
+        log(f"  epoch {epoch}: train loss {loss:.4f}  val {history[-1]:.3f}  "
             f"({time.perf_counter() - t0:.0f} s)")
         if val > best:
             best, best_epoch, best_state = val, epoch, {k: v.clone() for k, v in model.state_dict().items()}
@@ -201,7 +192,27 @@ def two_sample(a: np.ndarray, b: np.ndarray, seed: int, max_epochs: int, patienc
 
 # ---------------------------------------------------------------- main
 
-def main() -> None:
+@dataclasses.dataclass
+class Samples:
+    """The image sets the tests compare (uint8 (N, S, S), labels (N,)) and where they came from."""
+    ref: np.ndarray
+    ref_labels: np.ndarray | None
+    ref_sha: str                          # first 16 hex digits of the reference file's sha256
+    n_main: int                           # reference images in test (a)
+    m_cal: int                            # images per side of the calibration test (b)
+    ours: np.ndarray                      # 2 n images of our generator
+    ours_labels: np.ndarray
+    gen_s: float                          # seconds to generate ``ours``
+    thick: np.ndarray                     # ours[n:2n], dilated (--thicken)
+    gthick: np.ndarray | None = None      # (d): examples n..2n-1 with paddle_thickness + delta
+    gthick_labels: np.ndarray | None = None
+
+
+def _log(s: str = "") -> None:
+    print(s, flush=True)
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", type=Path, required=True, help=".npz with images (N, S, S) uint8, optional labels")
     ap.add_argument("--reference-note", default="", help="how the reference file was made (recorded in the .md)")
@@ -218,17 +229,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", type=Path, default=None,
                     help="default results/pathfinder/two_sample_<size>_<difficulty>.md")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = args.out or ROOT / "results" / "pathfinder" / f"two_sample_{args.size}_{args.difficulty}.md"
-    t_start = time.perf_counter()
+    return ap.parse_args()
+
+
+def load_samples(args: argparse.Namespace) -> Samples:
+    """Read the reference file (exits on a wrong shape or dtype) and generate our images and their variants."""
     contour_length = DIFFICULTIES[args.difficulty]
-    lines: list[str] = []
-
-    def log(s: str = "") -> None:
-        print(s, flush=True)
-
     raw = args.reference.read_bytes()
     ref_sha = hashlib.sha256(raw).hexdigest()[:16]
     with np.load(args.reference) as d:
@@ -237,91 +243,117 @@ def main() -> None:
     if ref.dtype != np.uint8 or ref.ndim != 3 or ref.shape[1:] != (args.size, args.size):
         sys.exit(f"{args.reference}: images must be uint8 (N, {args.size}, {args.size}); got {ref.dtype} {ref.shape}")
     n_ref = len(ref)
-    n_main = min(args.n, n_ref)
-    m_cal = min(args.n, n_ref // 2)
-    log(f"reference {args.reference} ({n_ref} images, sha256 {ref_sha}); ours: generating {2 * args.n} "
-        f"({args.size} px, contour length {contour_length}, data seed {args.seed})")
-
+    _log(f"reference {args.reference} ({n_ref} images, sha256 {ref_sha}); ours: generating {2 * args.n} "
+         f"({args.size} px, contour length {contour_length}, data seed {args.seed})")
     t = time.perf_counter()
     ours, ours_labels = generate_ours(args.size, contour_length, 2 * args.n, args.seed)
     gen_s = time.perf_counter() - t
-    log(f"generated {2 * args.n} images in {gen_s:.1f} s")
-    thick = thicken(ours[args.n:], args.thicken)
-
-    tests = [("a", "ours vs reference", f"ours[0:{args.n}]", f"reference[0:{n_main}]", ours[:args.n], ref[:n_main]),
-             ("b", "calibration: reference vs reference", f"reference[0:{m_cal}]", f"reference[{m_cal}:{2 * m_cal}]",
-              ref[:m_cal], ref[m_cal:2 * m_cal]),
-             ("c", f"sensitivity: ours vs ours {args.thicken}-dilated", f"ours[0:{args.n}]",
-              f"dilate{args.thicken}(ours[{args.n}:{2 * args.n}])", ours[:args.n], thick)]
+    _log(f"generated {2 * args.n} images in {gen_s:.1f} s")
+    s = Samples(ref, ref_labels, ref_sha, min(args.n, n_ref), min(args.n, n_ref // 2), ours, ours_labels, gen_s,
+                thicken(ours[args.n:], args.thicken))
     if args.gen_thickness_delta:
-        p0 = lra_params(args.size, contour_length)
-        w0, aa = p0.paddle_thickness, p0.antialias_scale
-        w1 = w0 + args.gen_thickness_delta
         t = time.perf_counter()
-        gthick, gthick_labels = generate_ours(args.size, contour_length, args.n, args.seed, start=args.n,
-                                              thickness_delta=args.gen_thickness_delta)
-        log(f"generated {args.n} images with paddle_thickness {w1:g} in {time.perf_counter() - t:.1f} s")
+        s.gthick, s.gthick_labels = generate_ours(args.size, contour_length, args.n, args.seed, start=args.n,
+                                                  thickness_delta=args.gen_thickness_delta)
+        _log(f"generated {args.n} images with paddle_thickness {_widths(args)[1]:g} in "
+             f"{time.perf_counter() - t:.1f} s")
+    return s
+
+
+def _widths(args: argparse.Namespace) -> tuple[float, float, int]:
+    """LRA paddle thickness, the thickness (d) draws with, and the antialias scale."""
+    p0 = lra_params(args.size, DIFFICULTIES[args.difficulty])
+    return p0.paddle_thickness, p0.paddle_thickness + args.gen_thickness_delta, p0.antialias_scale
+
+
+def run_tests(args: argparse.Namespace, s: Samples) -> list[tuple[str, str, str, str, dict]]:
+    """Tests (a) to (c), and (d) when asked: (key, name, side 0, side 1, two_sample's result) each."""
+    n, n_main, m_cal = args.n, s.n_main, s.m_cal
+    tests = [("a", "ours vs reference", f"ours[0:{n}]", f"reference[0:{n_main}]", s.ours[:n], s.ref[:n_main]),
+             ("b", "calibration: reference vs reference", f"reference[0:{m_cal}]", f"reference[{m_cal}:{2 * m_cal}]",
+              s.ref[:m_cal], s.ref[m_cal:2 * m_cal]),
+             ("c", f"sensitivity: ours vs ours {args.thicken}-dilated", f"ours[0:{n}]",
+              f"dilate{args.thicken}(ours[{n}:{2 * n}])", s.ours[:n], s.thick)]
+    if args.gen_thickness_delta:
+        w0, w1, _ = _widths(args)
         tests.append(("d", f"sensitivity: ours vs ours generated with paddle_thickness {w1:g} (LRA {w0:g})",
-                      f"ours[0:{args.n}]", f"ours_w{w1:g}[{args.n}:{2 * args.n}]", ours[:args.n], gthick))
+                      f"ours[0:{n}]", f"ours_w{w1:g}[{n}:{2 * n}]", s.ours[:n], s.gthick))
     results = []
     for key, name, a_desc, b_desc, a, b in tests:
-        log(f"({key}) {name}: {a_desc} vs {b_desc}")
-        r = two_sample(a, b, args.seed, args.max_epochs, args.patience, args.min_epochs, log=log)
-        log(f"({key}) held-out accuracy {r['acc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] "
-            f"({r['correct']}/{r['n_test']}), p(acc>0.5) {r['p']:.2g}, {r['epochs']} epochs, {r['seconds']:.0f} s")
+        _log(f"({key}) {name}: {a_desc} vs {b_desc}")
+        r = two_sample(a, b, args.seed, args.max_epochs, args.patience, args.min_epochs, log=_log)
+        _log(f"({key}) held-out accuracy {r['acc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] "
+             f"({r['correct']}/{r['n_test']}), p(acc>0.5) {r['p']:.2g}, {r['epochs']} epochs, {r['seconds']:.0f} s")
         results.append((key, name, a_desc, b_desc, r))
-    total_s = time.perf_counter() - t_start
+    return results
 
-    stats = [("ours", pixel_stats(ours[:args.n], ours_labels[:args.n])),
-             ("reference", pixel_stats(ref[:n_main], ref_labels[:n_main] if ref_labels is not None else None)),
-             (f"reference[{m_cal}:{2 * m_cal}] (calibration B)",
-              pixel_stats(ref[m_cal:2 * m_cal], ref_labels[m_cal:2 * m_cal] if ref_labels is not None else None)),
-             (f"ours[{args.n}:{2 * args.n}]", pixel_stats(ours[args.n:], ours_labels[args.n:])),
-             (f"ours[{args.n}:{2 * args.n}], {args.thicken}-dilated", pixel_stats(thick, ours_labels[args.n:]))]
-    if args.gen_thickness_delta:
-        stats.append((f"ours_w{w1:g}[{args.n}:{2 * args.n}] (generated, paddle_thickness {w1:g})",
-                      pixel_stats(gthick, gthick_labels)))
 
+def report_header(args: argparse.Namespace, s: Samples, r0: dict, total_s: float) -> list[str]:
+    """The title and the bullet list: command, machine, data, protocol, transformation, wall time."""
+    n, m_cal, n_ref, contour_length = args.n, s.m_cal, len(s.ref), DIFFICULTIES[args.difficulty]
+    w0, w1, aa = _widths(args)
     label = {32: "Pathfinder-32", 128: "Path-X (128)"}[args.size]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    r0 = results[0][4]
-    cal_note = ("" if m_cal == args.n else
-                f" **The reference file has {n_ref} images, fewer than 2 n = {2 * args.n}: calibration uses "
+    cal_note = ("" if m_cal == n else
+                f" **The reference file has {n_ref} images, fewer than 2 n = {2 * n}: calibration uses "
                 f"{m_cal} per side.**")
     cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
-    lines += [f"# Two-sample check: {label} {args.difficulty}, ours vs reference ({when})", "",
-              f"- command: `{cmd}`",
-              f"- machine: {device_name('cpu')}, {os.cpu_count()} logical cores; torch {torch.__version__}; "
-              f"commit {git_commit()}",
-              f"- ours: {2 * args.n} images from `tasks.pathfinder_gen` (format {FORMAT_VERSION}), "
-              f"`lra_params({args.size}, {contour_length})`, `sample_examples` + `render` in memory, data seed "
-              f"{args.seed} (example i from [{args.seed}, i]); generated in {gen_s:.1f} s",
-              f"- reference: `{args.reference.name}`, {n_ref} images, sha256 {ref_sha}"
-              + (f"; {args.reference_note}" if args.reference_note else "") + " (images not committed)",
-              f"- protocol: per test {HELD_OUT_FRAC:.0%} of each side held out, {VAL_FRAC:.0%} of the rest for "
-              f"validation (stratified, seed {args.seed}); small CNN ({r0['n_params']:,} parameters), AdamW lr 2e-3, "
-              f"wd 1e-4, batch 64, pixel / 255, no augmentation, torch seed {args.seed}, up to {args.max_epochs} "
-              f"epochs, early stopping after {args.patience} epochs without a better validation accuracy (not before "
-              f"epoch {args.min_epochs}); "
-              f"best-validation weights evaluated once on the held-out part. Interval: exact (Clopper-Pearson) 95%; "
-              f"p: exact one-sided binomial test of accuracy > 0.5.",
-              f"- sensitivity transformation: {args.thicken} grey dilation (maximum filter) of the uint8 images"
-              + (" (each pixel becomes the max of itself and its up, left and up-left neighbours: strokes and "
-                 "markers one pixel thicker)" if args.thicken == "2x2" else
-                 " (3x3 max filter: strokes one pixel thicker on each side)")
-              + (f"; (d) draws the strokes {args.gen_thickness_delta:g} thicker in the generator itself "
-                 f"(`paddle_thickness` {w0:g} -> {w1:g}, i.e. round(w aa) = {round(w0 * aa)} -> {round(w1 * aa)} pixels "
-                 f"on the antialias canvas before the Lanczos downsizing; the margins follow the stroke), "
-                 f"a subtler difference than (c)" if args.gen_thickness_delta else ""),
-              f"- wall time: {total_s / 60:.1f} min in all ({torch.get_num_threads()} torch threads)" + cal_note, "",
-              "| test | side 0 | side 1 | per side | train / val / held-out | epochs (best) | held-out accuracy "
-              "| 95% CI | p (acc > 0.5) | wall |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    return [f"# Two-sample check: {label} {args.difficulty}, ours vs reference ({when})", "",
+            f"- command: `{cmd}`",
+            f"- machine: {device_name('cpu')}, {os.cpu_count()} logical cores; torch {torch.__version__}; "
+            f"commit {git_commit()}",
+            f"- ours: {2 * n} images from `tasks.pathfinder_gen` (format {FORMAT_VERSION}), "
+            f"`lra_params({args.size}, {contour_length})`, `sample_examples` + `render` in memory, data seed "
+            f"{args.seed} (example i from [{args.seed}, i]); generated in {s.gen_s:.1f} s",
+            f"- reference: `{args.reference.name}`, {n_ref} images, sha256 {s.ref_sha}"
+            + (f"; {args.reference_note}" if args.reference_note else "") + " (images not committed)",
+            f"- protocol: per test {HELD_OUT_FRAC:.0%} of each side held out, {VAL_FRAC:.0%} of the rest for "
+            f"validation (stratified, seed {args.seed}); small CNN ({r0['n_params']:,} parameters), AdamW lr 2e-3, "
+            f"wd 1e-4, batch 64, pixel / 255, no augmentation, torch seed {args.seed}, up to {args.max_epochs} "
+            f"epochs, early stopping after {args.patience} epochs without a better validation accuracy (not before "
+            f"epoch {args.min_epochs}); "
+            f"best-validation weights evaluated once on the held-out part. Interval: exact (Clopper-Pearson) 95%; "
+            f"p: exact one-sided binomial test of accuracy > 0.5.",
+            f"- sensitivity transformation: {args.thicken} grey dilation (maximum filter) of the uint8 images"
+            + (" (each pixel becomes the max of itself and its up, left and up-left neighbours: strokes and "
+               "markers one pixel thicker)" if args.thicken == "2x2" else
+               " (3x3 max filter: strokes one pixel thicker on each side)")
+            + (f"; (d) draws the strokes {args.gen_thickness_delta:g} thicker in the generator itself "
+               f"(`paddle_thickness` {w0:g} -> {w1:g}, i.e. round(w aa) = {round(w0 * aa)} -> {round(w1 * aa)} pixels "
+               f"on the antialias canvas before the Lanczos downsizing; the margins follow the stroke), "
+               f"a subtler difference than (c)" if args.gen_thickness_delta else ""),
+            f"- wall time: {total_s / 60:.1f} min in all ({torch.get_num_threads()} torch threads)" + cal_note, ""]
+
+
+def pixel_stats_rows(args: argparse.Namespace, s: Samples) -> list[tuple[str, dict[str, float]]]:
+    """(set name, pixel_stats) for every set the tests read."""
+    n, n_main, m_cal = args.n, s.n_main, s.m_cal
+    ref_labels = s.ref_labels
+    stats = [("ours", pixel_stats(s.ours[:n], s.ours_labels[:n])),
+             ("reference", pixel_stats(s.ref[:n_main], ref_labels[:n_main] if ref_labels is not None else None)),
+             (f"reference[{m_cal}:{2 * m_cal}] (calibration B)",
+              pixel_stats(s.ref[m_cal:2 * m_cal], ref_labels[m_cal:2 * m_cal] if ref_labels is not None else None)),
+             (f"ours[{n}:{2 * n}]", pixel_stats(s.ours[n:], s.ours_labels[n:])),
+             (f"ours[{n}:{2 * n}], {args.thicken}-dilated", pixel_stats(s.thick, s.ours_labels[n:]))]
+    if args.gen_thickness_delta:
+        w1 = _widths(args)[1]
+        stats.append((f"ours_w{w1:g}[{n}:{2 * n}] (generated, paddle_thickness {w1:g})",
+                      pixel_stats(s.gthick, s.gthick_labels)))
+    return stats
+
+
+def report_tables(results: list[tuple[str, str, str, str, dict]],
+                  stats: list[tuple[str, dict[str, float]]]) -> list[str]:
+    """The results table, the acceptance line, validation histories and the pixel statistics table."""
+    lines = ["| test | side 0 | side 1 | per side | train / val / held-out | epochs (best) | held-out accuracy "
+             "| 95% CI | p (acc > 0.5) | wall |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key, name, a_desc, b_desc, r in results:
         lines.append(f"| ({key}) {name} | {a_desc} | {b_desc} | {r['per_side']} | {r['n_train']} / {r['n_val']} / "
                      f"{r['n_test']} | {r['epochs']} ({r['best_epoch']}) | **{r['acc']:.3f}** ({r['correct']}/"
                      f"{r['n_test']}) | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['p']:.2g} | {r['seconds']:.0f} s |")
-    ok = results[0][4]["acc"] <= 0.60
+    r0 = results[0][4]
+    ok = r0["acc"] <= 0.60
     lines += ["", f"Acceptance (held-out accuracy of (a) <= 0.60 with >= 2,000 images per side): "
               f"{'met' if ok and r0['per_side'] >= 2000 else 'NOT met'} ({r0['acc']:.3f}, {r0['per_side']} per side); "
               f"calibration (b) {results[1][4]['acc']:.3f} (expected ~0.50), sensitivity (c) "
@@ -333,10 +365,24 @@ def main() -> None:
               "| set | images | mean pixel | sd of per-image mean | fraction >= 1 | fraction >= 64 | median non-zero "
               "| images with max 255 | label 1 fraction |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, s in stats:
-        pos = "n/a" if math.isnan(s["pos"]) else f"{s['pos']:.3f}"
-        lines.append(f"| {name} | {s['n']} | {s['mean']:.2f} | {s['sd_image_mean']:.2f} | {s['ge1']:.4f} | "
-                     f"{s['ge64']:.4f} | {s['median_nz']:.0f} | {s['max255']:.3f} | {pos} |")
+    for name, st in stats:
+        pos = "n/a" if math.isnan(st["pos"]) else f"{st['pos']:.3f}"
+        lines.append(f"| {name} | {st['n']} | {st['mean']:.2f} | {st['sd_image_mean']:.2f} | {st['ge1']:.4f} | "
+                     f"{st['ge64']:.4f} | {st['median_nz']:.0f} | {st['max255']:.3f} | {pos} |")
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or ROOT / "results" / "pathfinder" / f"two_sample_{args.size}_{args.difficulty}.md"
+    t_start = time.perf_counter()
+    samples = load_samples(args)
+    results = run_tests(args, samples)
+    total_s = time.perf_counter() - t_start
+    lines = report_header(args, samples, results[0][4], total_s)
+    lines += report_tables(results, pixel_stats_rows(args, samples))
     text = "\n".join(lines) + "\n"
     print()
     print(text)

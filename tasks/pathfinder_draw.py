@@ -74,6 +74,67 @@ def _padded(rows: list[np.ndarray], fill_first: bool = True) -> np.ndarray:
                      for r in rows])
 
 
+def _ring_candidates(r: float, S: int) -> np.ndarray:
+    """Candidate heads at radius ``r`` around an integer pivot (s:312-325), (K, 2) int offsets; integer offsets
+    whatever the pivot (checked over pivots -3S..3S)."""
+    angles = np.arange(0, 360, 360. / (2 * r * np.pi)) * np.pi / 180
+    fy, fx = r * np.sin(angles), r * np.cos(angles)
+    q = np.arange(-3 * S, 3 * S, dtype=float)[:, None]
+    for f in (fy, fx):
+        v = q + f[None]
+        if not np.array_equal(v.astype(int)[v >= 0], (q + np.floor(f)[None])[v >= 0].astype(int)):
+            raise AssertionError("ring candidates depend on the pivot")
+    return np.unique(np.stack([np.floor(fy), np.floor(fx)], 1).astype(int), axis=0)
+
+
+def _stamps(p: PathfinderParams, drawn: np.ndarray, R: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each orientation's paddle and margin mask, drawn on the antialias canvas and resized: (O, 2R+1, 2R+1) uint8."""
+    L, aa = p.paddle_length, p.antialias_scale
+    n, sb, cb, width = 2 * R + 1, 2 * R * aa + 1, R * aa, int(round(p.paddle_thickness * aa))
+    large = _disk(m * aa).astype(np.uint8)
+    paddles, masks = [], []
+    for theta in drawn:
+        head = (int(np.ceil(cb + float(L * aa) * np.sin(theta))), int(np.ceil(cb + float(L * aa) * np.cos(theta))))
+        canvas = Image.new("F", (sb, sb), "black")
+        ImageDraw.Draw(canvas).line([(cb, cb), (head[1], head[0])], fill="white", width=width)
+        blown = np.array(canvas)
+        paddles.append(_resize(blown, n))
+        masks.append(_resize(_dilate(blown, large).astype(np.uint8), n))
+    return np.stack(paddles), np.stack(masks)
+
+
+def _frame(S: int, w: int) -> np.ndarray:
+    """(S, S) bool: the ``w`` outermost rows and columns."""
+    frame = np.zeros((S, S), bool)
+    frame[:w] = frame[S - w:] = True
+    frame[:, :w] = True
+    frame[:, S - w:] = True
+    return frame
+
+
+def _support(arrays: np.ndarray, half: int, Wd: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-zero entries of (O, 2 half + 1, 2 half + 1) stamps as flat grid offsets from the centre and values."""
+    offs, vals = [], []
+    for a in arrays:
+        jy, jx = np.nonzero(a)
+        offs.append(((jy - half) * Wd + (jx - half)).astype(np.int64))
+        vals.append(a[jy, jx])
+    return _padded(offs), _padded(vals)
+
+
+def _seed_cores(M: np.ndarray, L: float, m: int, R: int) -> list[np.ndarray]:
+    """Seed free-space kernels (s:163-196, s2:112-145): the margin-mask core (== 255) of each seed orientation's
+    paddle anchored at (L+m+1, L+m+1) on a (2(L+m)+1)^2 canvas, as (n, 2) offsets from the kernel centre."""
+    ks, c0 = int(2 * (L + m) + 1), int(L + m)
+    core = []
+    for o in range(360):
+        jy, jx = np.nonzero(M[o] == 255)
+        ky, kx = c0 + 1 - R + jy, c0 + 1 - R + jx
+        keep = (ky >= 0) & (ky < ks) & (kx >= 0) & (kx < ks)
+        core.append(np.stack([ky[keep] - c0, kx[keep] - c0], 1))
+    return core
+
+
 class PaddleTables:
     """Everything that does not depend on where a paddle is, for one (params, margin).
 
@@ -88,17 +149,26 @@ class PaddleTables:
             raise ValueError("padding must be >= 1 (the distractor seed test relies on the border)")
         self.margin, self.size = m, S
         self.R = R = int(L + math.ceil(th) + m)
-        n, sb, cb, width = 2 * R + 1, 2 * R * aa + 1, R * aa, int(round(th * aa))
-        # candidate heads around an integer pivot (s:312-325); integer offsets whatever the pivot (checked)
-        r = L + m
-        angles = np.arange(0, 360, 360. / (2 * r * np.pi)) * np.pi / 180
-        fy, fx = r * np.sin(angles), r * np.cos(angles)
-        q = np.arange(-3 * S, 3 * S, dtype=float)[:, None]
-        for f in (fy, fx):
-            v = q + f[None]
-            if not np.array_equal(v.astype(int)[v >= 0], (q + np.floor(f)[None])[v >= 0].astype(int)):
-                raise AssertionError("ring candidates depend on the pivot")
-        self.ring = ring = np.unique(np.stack([np.floor(fy), np.floor(fx)], 1).astype(int), axis=0)   # (K, 2)
+        self.B = R + m + int(math.ceil(L)) + 3
+        self.W = S + 2 * self.B
+        drawn, onward, phi = self._orientations(L + m, S)
+        self.P, self.M = _stamps(p, drawn, R, m)                                # (O, n, n) uint8
+        disk_m = _disk(m)
+        self.DM = np.stack([_dilate(np.pad(a, m).astype(float), disk_m).astype(np.uint8) for a in self.M])
+        border = _frame(S, p.padding)
+        self._grids(border, disk_m)
+        self.m_off, self.m_val = _support(self.M, R, self.W)                   # (O, F) flat offsets, uint8
+        self.dm_off, self.dm_val = _support(self.DM, R + m, self.W)
+        self._seed_tables(_seed_cores(self.M, L, m, R), border | _frame(S, int(round(2 * p.seed_distance))))
+        # continuity weights of the K candidates after orientation o (s:327-332)
+        d = np.abs(phi[None, :] - onward[:, None])
+        delta = np.minimum(np.minimum(d, 2 * np.pi - d) * p.continuity, 0.5 * np.pi)
+        self.weights = np.maximum(np.cos(delta), 0) ** 2                        # (O, K)
+        self.inv = 1 - (np.arange(256) / 255).astype(np.float32).astype(np.float64)
+
+    def _orientations(self, r: int, S: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ring candidates and the sines / cosines of every orientation; returns (drawn, onward, phi) angles."""
+        self.ring = ring = _ring_candidates(r, S)                               # (K, 2)
         self.K, self.n_seed = len(ring), 360
         phi = np.arctan2(ring[:, 0].astype(float), ring[:, 1].astype(float))
         seeds = np.arange(-180, 180) * np.pi / 180
@@ -109,61 +179,27 @@ class PaddleTables:
         self.draw_sin, self.draw_cos = np.sin(drawn), np.cos(drawn)
         reverse = np.where(seeds + np.pi < np.pi, seeds + np.pi, seeds - np.pi)
         self.rev_sin, self.rev_cos = np.sin(reverse), np.cos(reverse)
-        large = _disk(m * aa).astype(np.uint8)
-        paddles, masks = [], []
-        for theta in drawn:
-            head = (int(np.ceil(cb + float(L * aa) * np.sin(theta))), int(np.ceil(cb + float(L * aa) * np.cos(theta))))
-            canvas = Image.new("F", (sb, sb), "black")
-            ImageDraw.Draw(canvas).line([(cb, cb), (head[1], head[0])], fill="white", width=width)
-            blown = np.array(canvas)
-            paddles.append(_resize(blown, n))
-            masks.append(_resize(_dilate(blown, large).astype(np.uint8), n))
-        self.P, self.M = np.stack(paddles), np.stack(masks)                     # (O, n, n) uint8
-        disk_m = _disk(m)
-        self.DM = np.stack([_dilate(np.pad(a, m).astype(float), disk_m).astype(np.uint8) for a in self.M])
-        # grids
-        self.B = B = R + m + int(math.ceil(L)) + 3
-        self.W = Wd = S + 2 * B
+        return drawn, onward, phi
+
+    def _grids(self, border: np.ndarray, disk_m: np.ndarray) -> None:
+        """The image cells of the flat (W, W) grid and the padding border's mask and dilated mask on it."""
+        S, B, Wd = self.size, self.B, self.W
         inimage = np.zeros((Wd, Wd), bool)
         inimage[B:B + S, B:B + S] = True
         self.inimage = inimage.reshape(-1)
         self.image_cells = np.flatnonzero(self.inimage)                         # row-major
-        border = np.zeros((S, S), bool)
-        pd = p.padding
-        border[:pd] = border[S - pd:] = True
-        border[:, :pd] = True
-        border[:, S - pd:] = True
         mask0 = np.zeros((Wd, Wd), np.uint8)
         mask0[B:B + S, B:B + S] = 255 * border
         dmask0 = np.zeros((Wd, Wd), np.uint8)
         dmask0[B:B + S, B:B + S] = _dilate(255.0 * border, disk_m).astype(np.uint8)
         self.mask0, self.dmask0 = mask0.reshape(-1), dmask0.reshape(-1)
 
-        def support(arrays: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
-            offs, vals = [], []
-            for a in arrays:
-                jy, jx = np.nonzero(a)
-                offs.append(((jy - half) * Wd + (jx - half)).astype(np.int64))
-                vals.append(a[jy, jx])
-            return _padded(offs), _padded(vals)
-        self.m_off, self.m_val = support(self.M, R)                             # (O, F) flat offsets, uint8
-        self.dm_off, self.dm_val = support(self.DM, R + m)
-        # seed free-space kernels (s:163-196, s2:112-145): the margin-mask core (== 1) of a paddle anchored at
-        # (L+m+1, L+m+1) on a (2(L+m)+1)^2 canvas, as offsets from the kernel centre
-        ks, c0 = int(2 * (L + m) + 1), int(L + m)
-        core = []
-        for o in range(360):
-            jy, jx = np.nonzero(self.M[o] == 255)
-            ky, kx = c0 + 1 - R + jy, c0 + 1 - R + jx
-            keep = (ky >= 0) & (ky < ks) & (kx >= 0) & (kx < ks)
-            core.append(np.stack([ky[keep] - c0, kx[keep] - c0], 1))
+    def _seed_tables(self, core: list[np.ndarray], lined: np.ndarray) -> None:
+        """Seed kernels as flat offsets and, per seed orientation, the pixels free of ``lined`` (the border and
+        the seed-distance frame) where a seed may go."""
+        S = self.size
         self.core_n = np.array([len(c) for c in core])
-        self.core_off = _padded([(c[:, 0] * Wd + c[:, 1]).astype(np.int64) for c in core])   # (360, C)
-        sd2 = int(round(2 * p.seed_distance))
-        lined = border.copy()
-        lined[:sd2] = lined[S - sd2:] = True
-        lined[:, :sd2] = True
-        lined[:, S - sd2:] = True
+        self.core_off = _padded([(c[:, 0] * self.W + c[:, 1]).astype(np.int64) for c in core])   # (360, C)
         # cv2.dilate leaves -DBL_MAX where every kernel offset falls outside the image, and snakes'
         # find_available_coordinates returns *no* pixel at all when the map has a negative entry (s:88-90):
         # orientations whose kernel misses the image from some pixel ("blind") never seed
@@ -172,11 +208,6 @@ class PaddleTables:
         self.nfree1 = np.array([len(f) for f in free1])
         top = max(1, self.nfree1.max())
         self.free1 = np.stack([np.concatenate([f, np.zeros((top - len(f), 2), int)]) for f in free1])  # (360, F, 2)
-        # continuity weights of the K candidates after orientation o (s:327-332)
-        d = np.abs(phi[None, :] - onward[:, None])
-        delta = np.minimum(np.minimum(d, 2 * np.pi - d) * p.continuity, 0.5 * np.pi)
-        self.weights = np.maximum(np.cos(delta), 0) ** 2                        # (O, K)
-        self.inv = 1 - (np.arange(256) / 255).astype(np.float32).astype(np.float64)
 
     def cell(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         return (y + self.B) * self.W + x + self.B

@@ -172,6 +172,26 @@ def _find_root(data_dir: Path, root: str | None, words: tuple[str, ...], subset:
     return path
 
 
+def _check_options(subset: str, features: str, normalize: str, limits: dict[str, int | None]) -> None:
+    """ValueError for an unknown subset / features / normalize value or a limit below 1."""
+    for name, value, valid in (("subset", subset, SUBSETS), ("features", features, FEATURES),
+                               ("normalize", normalize, NORMALIZE)):
+        if value not in valid:
+            raise ValueError(f"speech_commands: unknown {name} {value!r}; valid: {', '.join(valid)}")
+    if any(v is not None and v < 1 for v in limits.values()):
+        raise ValueError(f"speech_commands: n_train/n_val/n_test must be at least 1 (or null); got {limits}")
+
+
+def _subset_splits(subset: str, source: Path, files: list[str], lengths: np.ndarray, labels: np.ndarray,
+                   split_seed: int) -> tuple[dict[str, np.ndarray], str]:
+    """The subset's train/val/test indices into ``files`` and a description of how they were chosen."""
+    if subset == "sc10":
+        full = np.flatnonzero(lengths == CLIP_SAMPLES)  # NCDE: shorter clips are discarded
+        splits = {s: full[idx] for s, idx in stratified_split(labels[full], split_seed).items()}
+        return splits, "stratified 70/15/15 per class: numpy default_rng(split_seed), files in name order"
+    return official_split(source, files), "official validation_list.txt / testing_list.txt; the rest train"
+
+
 def _limit(splits: dict[str, np.ndarray], limits: dict[str, int | None], seed: int) -> dict[str, np.ndarray]:
     """A seeded random subset of each split whose limit is set (for quick runs)."""
     rng = np.random.default_rng([seed, 1])
@@ -210,13 +230,8 @@ def speech_commands(data_dir: Path, subset: str = "sc10", features: str = "raw",
         DatasetMissingError: the archive (or a word folder or split list in it) is not staged.
         ValueError: an unknown option value, a corrupt wav (the message names the file), or a bad split list line.
     """
-    for name, value, valid in (("subset", subset, SUBSETS), ("features", features, FEATURES),
-                               ("normalize", normalize, NORMALIZE)):
-        if value not in valid:
-            raise ValueError(f"speech_commands: unknown {name} {value!r}; valid: {', '.join(valid)}")
     limits = {"train": n_train, "val": n_val, "test": n_test}
-    if any(v is not None and v < 1 for v in limits.values()):
-        raise ValueError(f"speech_commands: n_train/n_val/n_test must be at least 1 (or null); got {limits}")
+    _check_options(subset, features, normalize, limits)
     data_dir = Path(data_dir)
     words = SC10_WORDS if subset == "sc10" else SC35_WORDS
     source = _find_root(data_dir, root, words, subset)
@@ -227,13 +242,7 @@ def speech_commands(data_dir: Path, subset: str = "sc10", features: str = "raw",
     lengths = np.load(folder / "lengths.npy")                                                        # (N,)
     labels = np.asarray([words.index(rel.split("/", 1)[0]) for rel in files], dtype=np.int64)     # (N,)
 
-    if subset == "sc10":
-        full = np.flatnonzero(lengths == CLIP_SAMPLES)  # NCDE: shorter clips are discarded
-        splits = {s: full[idx] for s, idx in stratified_split(labels[full], split_seed).items()}
-        split_desc = "stratified 70/15/15 per class: numpy default_rng(split_seed), files in name order"
-    else:
-        splits = official_split(source, files)
-        split_desc = "official validation_list.txt / testing_list.txt; the rest train"
+    splits, split_desc = _subset_splits(subset, source, files, lengths, labels, split_seed)
     counts = {s: len(idx) for s, idx in splits.items()}
     splits = _limit(splits, limits, split_seed)
 
