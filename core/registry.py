@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,15 +43,22 @@ class Registry(Generic[F]):
         return fn(**fixed, **options)
 
 
+def check_names(given: Iterable[str], accepted: Iterable[str], what: str) -> None:
+    """Raise a TypeError naming the accepted options when ``given`` holds a name ``accepted`` does not, e.g.
+    ``unknown train option(s) 'learning_rate'; accepted: epochs, ...`` (``what`` = ``"train"``). The one check
+    behind every "unknown option" message: layer, task, backbone, train and efficiency options."""
+    accepted = list(accepted)
+    bad = sorted(set(given) - set(accepted))
+    if bad:
+        raise TypeError(f"unknown {what} option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")
+
+
 def check_kwargs(fn: Callable, kw: dict, what: str, skip: tuple[str, ...] = ()) -> None:
-    """Raise a TypeError naming the accepted options when ``kw`` has a key ``fn`` does not take."""
+    """``check_names`` for the keyword arguments ``fn`` takes (anything, if it takes ``**kwargs``)."""
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    accepted = [p for p in params if p not in skip]
-    bad = sorted(set(kw) - set(accepted))
-    if bad:
-        raise TypeError(f"{what} got unknown option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")
+    check_names(kw, [p for p in params if p not in skip], what)
 
 
 def _accepts(tp: Any, value: Any) -> bool:

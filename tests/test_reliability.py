@@ -105,7 +105,7 @@ def test_misspelt_config_key_is_refused_before_anything_runs(case):
     ("lstm", "+model_overrides.lstm.backbone.widht=3",
      "error: TypeError: unknown backbone option(s) 'widht'; accepted: d_model", "transformer"),
     ("transformer", "+model_overrides.transformer.hparams.heads=3",
-     "error: TypeError: layer 'transformer' got unknown option(s) 'heads'", "lstm"),
+     "error: TypeError: unknown layer 'transformer' option(s) 'heads'", "lstm"),
     ("lstm", "+model_overrides.lstm.train.precision=fp8",
      "error: ValueError: unknown precision 'fp8'; known: fp32, bf16, fp16", "transformer"),
 ], ids=["train_option", "backbone_option", "layer_option", "precision"])

@@ -70,7 +70,7 @@ def test_bad_hyperparameter_and_oom_become_rows(tmp_path):
                         # a 2^20-wide LSTM's input weights need 8 TiB: the allocation fails at once
                         "model_overrides.lstm.backbone.d_model=1048576")
     status = {r.model: r.status for r in records}
-    assert status["transformer"].startswith("error: TypeError: layer 'transformer' got unknown option(s) 'heads'")
+    assert status["transformer"].startswith("error: TypeError: unknown layer 'transformer' option(s) 'heads'")
     assert status["lstm"] == "oom"
     assert len(load_records(tmp_path / "results")) == 2
 

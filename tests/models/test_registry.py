@@ -28,7 +28,7 @@ def test_unknown_task_lists_known_names(tmp_path):
 
 
 def test_unknown_hyperparameter_names_accepted_ones():
-    with pytest.raises(TypeError, match=r"layer 'lstm' got unknown option\(s\) 'hiden'; accepted: bidirectional"):
+    with pytest.raises(TypeError, match=r"unknown layer 'lstm' option\(s\) 'hiden'; accepted: bidirectional"):
         build_layer("lstm", d_model=8, l_max=16, hiden=3)
 
 

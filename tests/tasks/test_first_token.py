@@ -19,7 +19,7 @@ def test_first_token_data(tmp_path):
     assert torch.all((x[:, 1:] >= 5) & (x[:, 1:] <= 7))    # noise symbols only after position 0
     again = build_task("first_token", tmp_path, length=50, n_classes=4, n_noise=3, n_train=64, n_val=8, n_test=8)
     assert torch.equal(again.test.tokens, task.test.tokens)  # data_seed, not the training seed
-    with pytest.raises(TypeError, match="unknown option.*'seed'"):  # tasks never see the training seed
+    with pytest.raises(TypeError, match="unknown task 'first_token' option.*'seed'"):  # tasks never see the training seed
         build_task("first_token", tmp_path, length=50, seed=1)
     with pytest.raises(ValueError, match="first_token needs"):
         build_task("first_token", tmp_path, length=1)
