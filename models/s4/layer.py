@@ -8,9 +8,14 @@ step mode applies neither.
 
 B batch, L length, H d_model, N d_state, C kernel channels (2 when bidirectional: one per direction).
 
-Recurrent mode: ``state = layer.default_state(B)`` (which also prepares the discrete matrices from the current
-parameters: call it again after the parameters change), then ``y_t, state = layer.step(x_t, state)`` for x_t (B, H)
-gives exactly the causal convolution's output at t. Only for ``bidirectional=False``.
+Recurrent mode (models/s4/step.py): ``state = layer.default_state(B)`` (which also prepares the step's matrices from
+the current parameters: call it again after the parameters change), then ``y_t, state = layer.step(x_t, state)``
+for x_t (B, H) gives the causal convolution's output at t. Only for ``bidirectional=False``. The default step costs
+O(H N) per token: S4D's is natively diagonal; S4's uses that the bilinear Ā of A = Λ - P P* is diagonal plus rank
+one, and is as accurate as the dense step at every N. ``default_state(B, mode="dense")`` keeps the O(H N^2)
+dense-Ā reference. ``mode="diagonal"`` on S4 diagonalises Ā (state-spaces/s4's "diagonal" step): HiPPO-LegS's
+eigenvectors are ill-conditioned (cond ~ 1e7 at N = 16, ~1e9 beyond), so it degrades from N ~ 8 on and is wrong
+at N >= 16 (results/efficiency/s4_step_conditioning.md); it is never chosen by default.
 
 Precision: the kernel and the FFT convolution run in float32 with autocast off, on the input cast to float32
 (models/precision.py); under bf16 autocast only the output projection runs in bf16.
@@ -25,6 +30,7 @@ from models.backbone import TiedDropout  # one mask per (example, channel), as t
 from models.precision import at_least_float32, autocast_off, float32_backward
 from models.registry import register_layer
 from models.s4.kernel import DiagKernel, NPLRKernel
+from models.s4.step import FastPlan, dense_plan, dense_step, dplr_system, eig_system, fast_plan, fast_step, s4d_system
 
 
 class _FFTConv(torch.autograd.Function):
@@ -72,7 +78,7 @@ class S4Layer(nn.Module):
             self.drop = nn.Identity()
         self.pre_drop = nn.Dropout(dropout) if pre_gelu_dropout and dropout > 0 else nn.Identity()
         self.out = nn.Linear(d_model, 2 * d_model)  # GLU halves it back to H
-        self._step_mats: tuple[torch.Tensor, ...] | None = None
+        self._step_plan: FastPlan | tuple[torch.Tensor, ...] | None = None
 
     @property
     def kernel_backend(self) -> str:
@@ -96,27 +102,45 @@ class S4Layer(nn.Module):
 
     # -- recurrent mode ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def default_state(self, batch_size: int) -> torch.Tensor:
-        """Zero state (B, H, N) complex; also (re)builds the discrete matrices from the current parameters."""
+    def default_state(self, batch_size: int, mode: str = "auto") -> torch.Tensor:
+        """Zero state for ``step``; also (re)builds the step's matrices from the current parameters.
+
+        Args:
+            batch_size: B.
+            mode: ``auto`` (S4: ``dplr``; S4D: ``diagonal``), ``dense`` (the reference: dense Ā, state (B, H, N),
+                O(H N^2) per token), ``dplr`` (S4 only: Ā as diagonal plus rank one, state (B, H, N/2)) or
+                ``diagonal`` (S4D: native, state (B, H, N/2); S4: by an eigendecomposition of Ā, state (B, H, N),
+                inaccurate from N ~ 8 on, see models/s4/step.py). All states are complex64.
+        """
         if self.bidirectional:
             raise ValueError("step mode needs a causal layer: build it with bidirectional=False")
-        a, b, c, dt = self.kernel.dense_ssm()
-        if isinstance(self.kernel, DiagKernel):
-            log_abar, bbar = self.kernel._discrete(dt, torch.diagonal(a, dim1=-2, dim2=-1), b)
-            abar = torch.diag_embed(torch.exp(log_abar))
+        diag = isinstance(self.kernel, DiagKernel)
+        modes = ("auto", "dense", "diagonal") if diag else ("auto", "dense", "dplr", "diagonal")
+        if mode not in modes:
+            raise ValueError(f"unknown step mode {mode!r} for {'s4d' if diag else 's4'}; known: {', '.join(modes)}")
+        if mode == "auto":
+            mode = "diagonal" if diag else "dplr"
+        device = self.D.device
+        if mode == "dense":
+            self._step_plan = dense_plan(self.kernel)
+            return torch.zeros(batch_size, *self._step_plan[1].shape, dtype=torch.complex64, device=device)
+        if diag:
+            system = s4d_system(self.kernel, self.D)
         else:
-            abar, bbar = NPLRKernel.discretize(a, b, dt)
-        dtype = torch.complex64
-        self._step_mats = (abar.to(dtype), bbar.to(dtype), c[0].to(dtype))  # (H, N, N), (H, N), (H, N)
-        return torch.zeros(batch_size, *bbar.shape, dtype=dtype, device=self.D.device)
+            system = dplr_system(self.kernel, self.D) if mode == "dplr" else eig_system(self.kernel, self.D)[0]
+        self._step_plan = fast_plan(system)
+        return torch.zeros(batch_size, self.D.shape[0], self._step_plan.m, dtype=torch.complex64, device=device)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One position: x_t (B, H) -> y_t (B, H), with state (B, H, N) from ``default_state`` or a previous step."""
-        if self._step_mats is None:
+        """One position: x_t (B, H) -> y_t (B, H), with the state from ``default_state`` or a previous step."""
+        plan = self._step_plan
+        if plan is None:
             raise RuntimeError("call default_state(batch_size) before step()")
-        abar, bbar, c = self._step_mats
-        state = torch.einsum("hmn,bhn->bhm", abar, state) + bbar * x_t[..., None].to(state.dtype)
-        y = (state * c).sum(-1).real + self.D * x_t         # (B, H)
+        u = x_t.float()
+        if isinstance(plan, FastPlan):
+            y, state = fast_step(plan, u, state)
+        else:
+            y, state = dense_step(plan, u, self.D, state)
         return F.glu(self.out(F.gelu(y)), dim=-1), state
 
 
