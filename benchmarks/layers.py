@@ -1,21 +1,21 @@
 """Benchmark: one S4 block against one Transformer block, forward + backward time and peak memory vs length.
 
 A block is what the backbone stacks: [norm, layer, dropout, residual] (the Transformer adds its MLP block).
-Each (model, length) runs in a fresh child process, so peak memory is measured from a clean baseline and an
-out-of-memory kill, or a run over the time budget, becomes a row ("oom", "over budget"), not a crash.
+Each (model, backend, length) runs in a fresh child process (``harness.measure.run_child``), so peak memory is
+measured from a clean baseline and an out-of-memory kill, or a run over the time budget, becomes a row ("oom",
+"over_budget"), not a crash. ``--backends`` runs S4 and S4D once per kernel backend (auto, ref, keops, triton); an
+unavailable backend is a row with its error.
 
     python benchmarks/layers.py                       # B=4, H=256, N=64, L in 1024 4096 16384, on the auto device
     python benchmarks/layers.py --lengths 1024 4096 --models s4 transformer --repeats 3
+    python benchmarks/layers.py --backends ref keops triton --device cuda
 
 Writes results/layers/<device-slug>.csv and .md (with the hardware, torch version, commit and date).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +32,7 @@ MODELS = {
 }
 
 
-def _build(name: str, h: int, length: int):
+def _build(name: str, h: int, length: int, backend: str = "auto"):
     from torch import nn
 
     import models  # noqa: F401
@@ -40,6 +40,8 @@ def _build(name: str, h: int, length: int):
     from models.registry import build_layer
 
     layer, kw, ff = MODELS[name]
+    if "d_state" in kw:  # the S4 family: its Cauchy / Vandermonde kernel backend
+        kw = {**kw, "backend": backend}
     if layer is None:
         return nn.TransformerEncoderLayer(h, dim_feedforward=4 * h, batch_first=True, dropout=0.0, **kw)
     blocks = [ResidualBlock(build_layer(layer, d_model=h, l_max=length, **kw), h, "layer", True, 0.0)]
@@ -58,35 +60,29 @@ def _build(name: str, h: int, length: int):
     return Stack()
 
 
-def run_one(name: str, batch: int, h: int, length: int, repeats: int, device: str) -> dict:
+def run_one(job: dict) -> dict:
     """Child process: time forward+backward (median of repeats after one warm-up) and peak memory."""
     import torch
 
     from core.env import resolve_device
-    from harness.measure import PeakMemory, synchronize
+    from harness.measure import PeakMemory, SDPABackends, median_time
 
-    dev = resolve_device(device)
+    dev = resolve_device(job["device"])
     torch.manual_seed(0)
-    model = _build(name, h, length).to(dev)
-    x = torch.randn(batch, length, h, device=dev, requires_grad=True)
+    model = _build(job["model"], job["d_model"], job["length"], job["backend"]).to(dev)
+    x = torch.randn(job["batch"], job["length"], job["d_model"], device=dev, requires_grad=True)
 
     def step():
         model(x).sum().backward()
 
     # Memory: the first step of a fresh process, from a state holding only the model and the input (later
     # steps reuse memory the allocator kept, so their RSS growth says nothing). It is also the warm-up.
-    with PeakMemory(dev) as mem:
+    with PeakMemory(dev) as mem, SDPABackends() as sdpa:
         step()
-    times = []
-    for _ in range(repeats):  # timed without the memory sampler running beside it
-        synchronize(dev)
-        t0 = time.perf_counter()
-        step()
-        synchronize(dev)
-        times.append(time.perf_counter() - t0)
+    seconds = median_time(step, dev, job["repeats"])  # timed without the memory sampler running beside it
     backend = ",".join(sorted({str(m.kernel_backend) for m in model.modules() if hasattr(m, "kernel_backend")})) or "n/a"
-    return {"fwd_bwd_s": statistics.median(times), "peak_mem_mib": mem.peak_mib, "mem_kind": mem.kind,
-            "kernel_backend": backend, "n_params": sum(p.numel() for p in model.parameters())}
+    return {"status": "ok", "fwd_bwd_s": seconds, "peak_mem_mib": mem.peak_mib, "mem_kind": mem.kind,
+            "kernel_backend": backend, "sdpa_backend": str(sdpa), "n_params": sum(p.numel() for p in model.parameters())}
 
 
 def main() -> None:
@@ -97,43 +93,33 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "ref", "keops", "triton"],
+                    help="S4 / S4D kernel backends, one row each (other models run once)")
     ap.add_argument("--budget-s", type=float, default=600.0, help="wall-time limit of one (model, length) run")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "layers")
-    ap.add_argument("--_child", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args._child:
-        print(json.dumps(run_one(args._child[0], args.batch, args.d_model, int(args._child[1]), args.repeats,
-                                 args.device)))
-        return
 
     import pandas as pd
     import torch
 
     from core.env import device_name, git_commit, resolve_device, set_offline_defaults
+    from harness.measure import run_child
 
     set_offline_defaults()
     dev = resolve_device(args.device)
     hw = device_name(dev.type)
     rows = []
-    for length in args.lengths:
-        for name in args.models:
-            cmd = [sys.executable, __file__, "--_child", name, str(length), "--batch", str(args.batch),
-                   "--d-model", str(args.d_model), "--repeats", str(args.repeats), "--device", args.device]
-            row = {"model": name, "length": length, "batch": args.batch, "d_model": args.d_model}
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.budget_s)
-                if proc.returncode == 0:
-                    row.update(json.loads(proc.stdout.strip().splitlines()[-1]), status="ok")
-                elif proc.returncode in (-9, 137) or "out of memory" in proc.stderr.lower():
-                    row["status"] = "oom"
-                else:
-                    row["status"] = "error: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
-            except subprocess.TimeoutExpired:
-                row["status"] = f"over budget (> {args.budget_s:g} s)"
-            rows.append(row)
-            print(f"L={length:6d} {name:18s} {row['status']:10s} "
-                  f"{row.get('fwd_bwd_s', float('nan')):8.3f} s  {row.get('peak_mem_mib', float('nan')):9.1f} MiB",
-                  flush=True)
+    cells = [(length, name, backend) for length in args.lengths for name in args.models
+             for backend in (args.backends if "d_state" in MODELS[name][1] else ["auto"])]
+    for length, name, backend in cells:
+        job = {"model": name, "length": length, "batch": args.batch, "d_model": args.d_model, "backend": backend,
+               "repeats": args.repeats, "device": args.device}
+        row = {"model": name, "backend": backend, "length": length, "batch": args.batch, "d_model": args.d_model}
+        row.update(run_child("benchmarks.layers:run_one", job, args.budget_s))
+        rows.append(row)
+        print(f"L={length:6d} {name:18s} {backend:6s} {row['status'][:40]:10s} "
+              f"{row.get('fwd_bwd_s', float('nan')):8.3f} s  {row.get('peak_mem_mib', float('nan')):9.1f} MiB",
+              flush=True)
     df = pd.DataFrame(rows)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", hw).strip("-").lower()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ On a CPU the child runs with glibc's mmap threshold fixed at 64 KiB (MALLOC_MMAP
 leave the resident set instead of staying in malloc's heap, and with its address space capped (RLIMIT_AS) at
 ``--mem-cap-gib`` above its size after building the model: a step that needs more fails to allocate and is
 recorded "oom" rather than pushing a shared machine into swap or its OOM killer. A cell past ``--cell-timeout-s``
-is recorded "over time".
+is recorded "over_budget" (each cell is a ``harness.measure.run_child`` process).
 
     python benchmarks/long_memory.py                                   # CPU: batch 1 and 2, ~15 min on 2 cores
     python benchmarks/long_memory.py --device cuda --batches 1 2 4 8 16 --repeats 3
@@ -30,13 +30,9 @@ Writes results/long_memory/<hardware-slug>.csv (one row per cell) and .md (cells
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
-import signal
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TASK, LENGTH, GPU_GIB = "pathx", 16384, 80
-RESULT_TAG = "LONG_MEMORY_RESULT "
 CPU_NOTE = ("On a CPU, memory is the growth of the resident set over the first training step (activations, "
             "gradients, optimizer state, allocator overhead), a float32 stand-in for what the same step allocates on "
             "a GPU. The Transformer's attention runs PyTorch's math path here (the CPU flash kernel takes no "
@@ -90,7 +85,7 @@ def measure_cell(cell: dict) -> dict:
 
     import models  # noqa: F401  (registers the layers)
     from core.env import resolve_device
-    from harness.measure import PeakMemory, synchronize
+    from harness.measure import PeakMemory, median_time
     from harness.optim import param_groups
     from models.backbone import build_model
     from models.registry import kernel_backends
@@ -123,47 +118,32 @@ def measure_cell(cell: dict) -> dict:
     with PeakMemory(dev, interval_s=0.005) as mem:
         step()
     first_s = time.perf_counter() - t0
-    times = []
-    for _ in range(cell["repeats"]):
-        synchronize(dev)
-        t0 = time.perf_counter()
-        step()
-        synchronize(dev)
-        times.append(time.perf_counter() - t0)
+    step_s = median_time(step, dev, cell["repeats"]) if cell["repeats"] else None
     return {"status": "ok", "peak_mem_mib": mem.peak_mib, "mem_kind": mem.kind, "first_step_s": first_s,
-            "step_s": statistics.median(times) if times else None, "n_params": sum(p.numel() for p in net.parameters()),
+            "step_s": step_s, "n_params": sum(p.numel() for p in net.parameters()),
             "kernel_backend": kernel_backends(net)}
 
 
-def _child_main(payload: str) -> None:
+def cell_job(cell: dict) -> dict:
+    """The child process's side of ``run_cell``: an allocation over the CPU cap is the cell's "oom"."""
     from harness.measure import is_oom
 
-    cell = json.loads(payload)
     try:
-        result = measure_cell(cell)
-    except Exception as exc:  # reported as the cell's status; the sweep goes on
-        cap = f" (over the {cell['mem_cap_gib']:g} GiB cap)" if cell["device"] == "cpu" else ""
-        result = {"status": f"oom{cap}" if is_oom(exc) else f"error: {type(exc).__name__}: {exc}"[:300]}
-    print(RESULT_TAG + json.dumps(result), flush=True)
+        return measure_cell(cell)
+    except Exception as exc:
+        if not is_oom(exc):
+            raise  # harness.measure reports it as the cell's error
+        return {"status": f"oom (over the {cell['mem_cap_gib']:g} GiB cap)" if cell["device"] == "cpu" else "oom"}
 
 
 def run_cell(cell: dict, timeout_s: float) -> dict:
+    """One cell in a fresh process; on a CPU with glibc's mmap threshold fixed (freed tensors leave the RSS)."""
+    from harness.measure import run_child
+
     env = dict(os.environ)
     if cell["device"] != "cuda":
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--cell", json.dumps(cell)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"status": f"over time (> {timeout_s:g} s)", "wall_s": time.perf_counter() - t0}
-    wall = {"wall_s": time.perf_counter() - t0}
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return {**json.loads(line[len(RESULT_TAG):]), **wall}
-    if proc.returncode in (-signal.SIGKILL, 137):
-        return {"status": "oom (killed)", **wall}
-    return {"status": f"error: exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1][:200]}", **wall}
+    return run_child("benchmarks.long_memory:cell_job", cell, timeout_s, env=env, oom_status="oom (killed)")
 
 
 # -- the sweep ------------------------------------------------------------------------------------------------------
@@ -199,11 +179,7 @@ def main() -> None:
     ap.add_argument("--mem-cap-gib", type=float, default=None,
                     help="CPU: address-space growth allowed per cell (default: 60%% of MemAvailable, at most 14)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "long_memory")
-    ap.add_argument("--cell", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.cell:
-        _child_main(args.cell)
-        return
 
     import pandas as pd
     import torch

@@ -13,27 +13,29 @@ attention layers with ``n_heads`` heads), the layer's other hyperparameters from
     over that step (activations, gradients, optimizer state and the allocator's caches; parameters and batch
     were resident before), an upper bound on what the step itself needs;
   * inference: forward passes under ``torch.inference_mode`` in eval mode, median of ``repeats``: samples/s;
-  * generation, for layers with ``step`` (and the transformer, through its key/value cache): the causal variant
-    of the layer (its model file's ``causal:`` block), ``n_layers`` pre-norm residual blocks,
-    ``gen_batch`` sequences grown one token at a time for ``min(L, gen_max_len)`` steps from the zero state:
-    tokens/s (all sequences' tokens over wall time).
+  * generation, for layers with ``step`` (and the transformer, through its key/value cache): the model's causal
+    variant (its model file's ``causal:`` block) in recurrent mode (``SequenceModel.step``: the same residual
+    stack), ``gen_batch`` sequences grown one token at a time for ``min(L, gen_max_len)`` steps from the zero
+    state: tokens/s (all sequences' tokens over wall time). The generation benchmark measured on its own, at a
+    given context (a prefilled key/value cache), is benchmarks/generation.py; both use ``generation_rate``;
+  * attention: which ``scaled_dot_product_attention`` kernel the training step and the inference pass ran
+    (``sdpa_backend``, ``sdpa_backend_infer``: flash, efficient, cudnn or math; ``harness.measure.SDPABackends``),
+    with the attention dropout the cell trained with (``attn_dropout``; ``efficiency.attn_dropout`` sets it for
+    every layer that has one). On a CPU, dropout on the attention weights sends SDPA to its math path.
 
-Each cell runs in its own process (fresh memory, and a crash or an out-of-memory kill is recorded, not
-inherited); a cell whose training step exceeds ``cell_budget_s`` is recorded ``over_budget`` and the model's
-longer lengths are not tried (``skipped: over_budget at L=...``); out-of-memory likewise stops the model's sweep,
-and ``total_budget_s`` bounds the whole sweep (cells not started in time: ``skipped``). Every cell's figures go into an ``EfficiencyRecord`` (Parquet, append-only, as RunRecord) with the
-hardware, torch version, kernel backend and git commit.
+Each cell runs in its own process (``harness.measure.run_child``: fresh memory, and a crash or an out-of-memory
+kill is recorded, not inherited); a cell whose training step exceeds ``cell_budget_s`` is recorded ``over_budget``
+and the model's longer lengths are not tried (``skipped: over_budget at L=...``); out-of-memory likewise stops the
+model's sweep, and ``total_budget_s`` bounds the whole sweep (cells not started in time: ``skipped``). Every cell's
+figures go into an ``EfficiencyRecord`` (Parquet, append-only, as RunRecord) with the hardware, torch version,
+kernel backend, attention kernel and git commit.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import inspect
 import json
 import logging
-import signal
-import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +46,9 @@ import pandas as pd
 from harness.records import load_rows, write_row
 
 __all__ = ["EfficiencyConfig", "EfficiencyRecord", "write_efficiency_record", "load_efficiency_records", "cell_settings",
-           "efficiency_dir", "measure_cell", "run_efficiency"]
+           "efficiency_dir", "measure_cell", "run_efficiency", "generation_model", "generation_rate"]
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
-RESULT_TAG = "EFFICIENCY_RESULT "  # the child process's one result line on stdout
 
 
 @dataclass
@@ -65,6 +65,7 @@ class EfficiencyConfig:
     cell_budget_s: float = 60.0            # a training step slower than this: over_budget, longer lengths skipped
     gen_max_len: int = 1024                # tokens generated per sequence: min(L, gen_max_len)
     gen_batch: int = 1
+    attn_dropout: float | None = None      # attention-weight dropout of every layer that has one; None: the model's own
     total_budget_s: float | None = None    # wall time for the whole sweep; cells not started by then: skipped
     device: str = "auto"
 
@@ -88,6 +89,9 @@ class EfficiencyRecord:
     gen_len: int = 0                           # tokens generated per sequence
     gen_batch: int = 0
     gen_status: str = ""                       # "ok" | "n/a: <why>" | "oom" | "error: <message>"
+    attn_dropout: float | None = None          # the layer's attention dropout while training (None: it has none)
+    sdpa_backend: str = ""                     # SDPA kernel(s) of the training step: flash | efficient | cudnn | math | n/a
+    sdpa_backend_infer: str = ""               # ... of the inference pass (eval mode: no dropout)
     warmup: int = 0
     repeats: int = 0
     kernel_backend: str = ""                   # kernels chosen automatically (S4 family, Mamba), else "n/a"
@@ -140,59 +144,92 @@ def cell_settings(model: str, cfg: EfficiencyConfig, suite_cfg: Any = None) -> d
         out["causal_hparams"] = resolve(True).get("hparams") or {}
     except ValueError as exc:  # no causal form (e.g. linformer)
         out["causal_hparams"], out["causal_na"] = None, str(exc)
+    if cfg.attn_dropout is not None and _takes(model, "attn_dropout"):  # the sweep's one setting for every layer
+        for key in ("hparams", "causal_hparams"):
+            if out[key] is not None:
+                out[key] = {**out[key], "attn_dropout": float(cfg.attn_dropout)}
     return out
 
 
-def _median_time(fn, device, n: int) -> float:
-    from harness.measure import synchronize
+def _takes(model: str, option: str) -> bool:
+    """Whether the registered layer ``model`` has the hyperparameter ``option``."""
+    import models  # noqa: F401  (registers the layers)
+    from models.registry import layer_factory
 
-    times = []
-    for _ in range(n):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return option in inspect.signature(layer_factory(model)).parameters
+
+
+# -- generation: the model's recurrent mode ---------------------------------------------------------------------
+def generation_model(model: str, settings: dict[str, Any], l_max: int, device) -> Any:
+    """The causal variant of ``model`` (``settings`` from ``cell_settings``) on the Text task's shape with positions
+    (and a key/value cache) for ``l_max`` tokens, in eval mode on ``device``; a string "n/a: <why>" when it has no
+    recurrent mode."""
+    import torch
+
+    from models.backbone import build_model
+    from tasks import task_spec
+
+    if settings.get("causal_hparams") is None:
+        return f"n/a: {settings.get('causal_na', 'no causal form')}"
+    torch.manual_seed(0)
+    try:
+        net = build_model(model, task_spec("text", l_max=l_max), settings["backbone"], settings["causal_hparams"])
+    except ValueError as exc:  # no causal form
+        return f"n/a: {exc}"
+    if not all(hasattr(block.layer, "step") for block in net.blocks):
+        return "n/a: no recurrent mode"
+    return net.to(device).eval()
+
+
+def _prefill(state: Any, context: int) -> Any:
+    """``state`` as after ``context`` tokens: each key/value cache holds ``context`` positions (random keys and values:
+    the cost of attending to them does not depend on their values); fixed-size states are used as they are (their
+    per-token cost does not depend on the position)."""
+    from models.transformer import KVCache
+
+    blocks = []
+    for s in state.blocks:
+        if isinstance(s, KVCache):
+            s.k[:, :, :context].normal_(), s.v[:, :, :context].normal_()
+            s = dataclasses.replace(s, filled=context)
+        blocks.append(s)
+    return dataclasses.replace(state, blocks=tuple(blocks), position=context) if context else state
+
+
+def generation_rate(net: Any, batch: int, n_tokens: int, device, context: int = 0, rounds: int = 1,
+                    warmup: int = 4) -> dict[str, Any]:
+    """Time ``batch`` sequences grown by ``n_tokens`` tokens through ``net.step`` from position ``context`` (state
+    from ``net.default_state``, prefilled to ``context``): ``warmup`` steps first, then ``rounds`` timed runs from the
+    same prefilled state; the fastest run gives tokens/s (all sequences' tokens) and ms per step. Also the SDPA
+    kernel the steps ran. The tokens fed are random ids (the model has no language-model head to sample from)."""
+    import torch
+
+    from harness.measure import SDPABackends, time_calls
+
+    ids = torch.randint(1, net.encoder.embed.num_embeddings, (n_tokens, batch), device=device)
+    with torch.inference_mode():
+        start = _prefill(net.default_state(batch), context)
+
+        def run(steps: int = n_tokens) -> None:
+            state = start
+            for t in range(steps):
+                _, state = net.step(ids[t], state)
+
+        with SDPABackends() as sdpa:
+            run(min(warmup, n_tokens))   # the first steps build what a layer caches (S4's discrete matrices)
+        seconds = min(time_calls(run, device, rounds))
+    return {"gen_tokens_per_s": batch * n_tokens / seconds, "gen_step_ms": 1000 * seconds / n_tokens,
+            "sdpa_backend": str(sdpa)}
 
 
 def _generation(model: str, settings: dict, cfg: EfficiencyConfig, length: int, device) -> dict[str, Any]:
-    """tokens/s of growing ``gen_batch`` sequences one token at a time through n_layers causal blocks."""
-    import torch
-    from torch import nn
-
-    from models.backbone import FeedForward
-    from models.registry import build_layer
-
+    """tokens/s of growing ``gen_batch`` sequences from the zero state through the model's recurrent mode."""
     n_tokens = min(length, cfg.gen_max_len)
-    if settings.get("causal_hparams") is None:
-        return {"gen_status": f"n/a: {settings.get('causal_na', 'no causal form')}"}
-    d, ff = int(settings["backbone"]["d_model"]), int(settings["backbone"].get("ff_expand") or 0)
-    n_layers = int(settings["backbone"]["n_layers"])
-    try:
-        layers = [build_layer(model, d_model=d, l_max=n_tokens, **settings["causal_hparams"]) for _ in range(n_layers)]
-    except ValueError as exc:  # no causal form
-        return {"gen_status": f"n/a: {exc}"}
-    if not hasattr(layers[0], "step"):
-        return {"gen_status": "n/a: no recurrent mode"}
-    blocks = nn.ModuleList(layers).to(device).eval()
-    norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(2 * n_layers)).to(device).eval()
-    ffs = nn.ModuleList(FeedForward(d, ff, 0.0) for _ in range(n_layers if ff else 0)).to(device).eval()
-
-    def run(steps: int) -> None:
-        states = [layer.default_state(cfg.gen_batch) for layer in blocks]
-        x = torch.randn(cfg.gen_batch, d, device=device)
-        for _ in range(steps):
-            for i, layer in enumerate(blocks):  # pre-norm residual blocks, as the backbone's
-                y, states[i] = layer.step(norms[2 * i](x), states[i])
-                x = x + y
-                if ff:
-                    x = x + ffs[i](norms[2 * i + 1](x))
-
-    with torch.inference_mode():
-        run(min(4, n_tokens))                       # warm-up (and each layer's default_state once)
-        seconds = _median_time(lambda: run(n_tokens), device, 1)
-    return {"gen_status": "ok", "gen_tokens_per_s": cfg.gen_batch * n_tokens / seconds, "gen_len": n_tokens,
+    net = generation_model(model, settings, n_tokens, device)
+    if isinstance(net, str):
+        return {"gen_status": net}
+    rate = generation_rate(net, cfg.gen_batch, n_tokens, device)
+    return {"gen_status": "ok", "gen_tokens_per_s": rate["gen_tokens_per_s"], "gen_len": n_tokens,
             "gen_batch": cfg.gen_batch}
 
 
@@ -204,7 +241,7 @@ def measure_cell(model: str, length: int, cfg: EfficiencyConfig, settings: dict[
 
     import models  # noqa: F401  (registers the layers)
     from core.env import resolve_device
-    from harness.measure import PeakMemory, synchronize
+    from harness.measure import PeakMemory, SDPABackends, median_time, synchronize
     from harness.optim import param_groups
     from models.backbone import build_model
     from models.registry import kernel_backends
@@ -227,27 +264,29 @@ def measure_cell(model: str, length: int, cfg: EfficiencyConfig, settings: dict[
         opt.step()
 
     out: dict[str, Any] = {"n_params": sum(p.numel() for p in net.parameters()), "warmup": cfg.warmup,
-                           "repeats": cfg.repeats, "settings": settings}
+                           "repeats": cfg.repeats, "settings": settings,
+                           "attn_dropout": settings["hparams"].get("attn_dropout")}
     net.train()
     synchronize(device)
     t0 = time.perf_counter()
-    with PeakMemory(device) as mem:
+    with PeakMemory(device) as mem, SDPABackends() as sdpa:
         train_step()
     first = time.perf_counter() - t0
-    out.update(peak_mem_mib=mem.peak_mib, peak_mem_kind=mem.kind)
+    out.update(peak_mem_mib=mem.peak_mib, peak_mem_kind=mem.kind, sdpa_backend=str(sdpa))
     out["kernel_backend"] = kernel_backends(net)
     if first > cfg.cell_budget_s:
         return {**out, "status": "over_budget", "train_step_ms": 1000 * first}
     for _ in range(cfg.warmup - 1):
         train_step()
-    step = _median_time(train_step, device, cfg.repeats)
+    step = median_time(train_step, device, cfg.repeats)
     out.update(status="ok", train_step_ms=1000 * step, train_steps_per_s=1 / step)
     del opt
     net.eval()
     with torch.inference_mode():
-        net(x, lengths)
-        infer = _median_time(lambda: net(x, lengths), device, cfg.repeats)
-    out["infer_samples_per_s"] = cfg.batch_size / infer
+        with SDPABackends() as sdpa:
+            net(x, lengths)
+        infer = median_time(lambda: net(x, lengths), device, cfg.repeats)
+    out.update(infer_samples_per_s=cfg.batch_size / infer, sdpa_backend_infer=str(sdpa))
     out.update(_generation(model, settings, cfg, length, device))
     return out
 
@@ -255,19 +294,15 @@ def measure_cell(model: str, length: int, cfg: EfficiencyConfig, settings: dict[
 # -- the sweep: one child process per cell ----------------------------------------------------------------------
 def _run_child(model: str, length: int, cfg: EfficiencyConfig, settings: dict[str, Any],
                timeout_s: float) -> dict[str, Any]:
-    payload = json.dumps({"model": model, "length": length, "cfg": dataclasses.asdict(cfg), "settings": settings})
-    try:
-        proc = subprocess.run([sys.executable, "-m", "harness.efficiency", "--cell", payload], cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"status": "over_budget"}
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
-    if proc.returncode in (-signal.SIGKILL, 137):  # killed: the kernel's out-of-memory killer, as a rule
-        return {"status": "oom"}
-    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    return {"status": f"error: exit code {proc.returncode}: {tail}"[:2000]}
+    from harness.measure import run_child
+
+    job = {"model": model, "length": length, "cfg": dataclasses.asdict(cfg), "settings": settings}
+    return run_child("harness.efficiency:cell_job", job, timeout_s)
+
+
+def cell_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The child process's side of ``_run_child`` (through ``harness.measure.run_child``)."""
+    return measure_cell(job["model"], int(job["length"]), EfficiencyConfig(**job["cfg"]), job.get("settings"))
 
 
 FINAL = ("ok", "oom", "over_budget")  # cell outcomes a restarted sweep keeps
@@ -361,22 +396,3 @@ def run_efficiency(cfg: EfficiencyConfig, models: list[str], results_dir: str | 
     if bar is not None:
         bar.close()
     return records
-
-
-def _child_main(payload: str) -> int:
-    from harness.measure import is_oom
-
-    job = json.loads(payload)
-    cfg = EfficiencyConfig(**job["cfg"])
-    try:
-        result = measure_cell(job["model"], int(job["length"]), cfg, job.get("settings"))
-    except Exception as exc:  # reported as the cell's status; the sweep goes on
-        result = {"status": "oom" if is_oom(exc) else f"error: {type(exc).__name__}: {exc}"[:2000]}
-    print(RESULT_TAG + json.dumps(result, default=str), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="One efficiency cell (used by run_efficiency); prints one result line.")
-    ap.add_argument("--cell", required=True, help="JSON: {model, length, cfg}")
-    sys.exit(_child_main(ap.parse_args().cell))

@@ -12,16 +12,25 @@ preserve_rng_state, and generators a layer owns (``torch.Generator`` attributes:
 through ``replay_module_state``, which also leaves the block's buffers as it found them (BatchNorm's running
 statistics are updated once per step, not twice). Gradients equal those without checkpointing.
 
+Recurrent mode (``model.default_state(B)``, then ``y_t, state = model.step(x_t, state)`` per position, in eval
+mode and under ``torch.inference_mode()``): the same encoder (position t's entry of the positional table), the same
+residual stack block by block (each layer's own ``step``; the MLP and norm sub-blocks act per position) and the
+final norm, for a model whose layers are causal and have a ``step``. ``y_t`` (B, H) equals the features of
+position t in the full forward (``features``), so for ``pool: last`` ``model.head(y_t)`` gives the logits of the
+prefix ending at t. Norms must act per position (layer norm, or batch norm in eval mode, with running statistics).
+
 Dimensions: B batch, L length, H d_model, D real-valued input width, C classes.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -85,6 +94,13 @@ class _Norm(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.norm(x, mask) if self.kind == "batch" else self.norm(x)
 
+    def step(self, x_t: torch.Tensor) -> torch.Tensor:
+        """One position (B, H), without the module-call overhead (recurrent mode is per-token Python)."""
+        if self.kind == "layer":
+            n = self.norm
+            return F.layer_norm(x_t, n.normalized_shape, n.weight, n.bias, n.eps)
+        return self.norm.bn(x_t) if self.kind == "batch" else x_t
+
 
 class FeedForward(nn.Module):
     """Position-wise MLP, the second sub-block of a Transformer layer."""
@@ -95,6 +111,13 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x)
+
+    def default_state(self, batch_size: int) -> None:
+        return None
+
+    def step(self, x_t: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
+        """Position-wise: x_t (B, H) -> (B, H), no state."""
+        return self.net(x_t), None
 
 
 class TiedDropout(nn.Module):
@@ -130,6 +153,20 @@ class ResidualBlock(nn.Module):
         z = self.norm(x, mask) if self.prenorm else x
         x = x + self.drop(self.layer(z, mask=mask))
         return x if self.prenorm else self.norm(x, mask)
+
+    def default_state(self, batch_size: int, max_len: int | None = None) -> Any:
+        """The layer's initial state; ``max_len`` goes to layers whose state grows (the key/value cache)."""
+        if not hasattr(self.layer, "step"):
+            raise ValueError(f"{type(self.layer).__name__} has no recurrent mode (step)")
+        takes_len = "max_len" in inspect.signature(self.layer.default_state).parameters
+        return self.layer.default_state(batch_size, max_len=max_len) if takes_len else self.layer.default_state(batch_size)
+
+    def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One position of ``forward``: x_t (B, H) -> (B, H) and the layer's next state."""
+        z = self.norm.step(x_t) if self.prenorm else x_t
+        y, state = self.layer.step(z, state)
+        x_t = x_t + (self.drop(y) if self.training else y)
+        return (x_t if self.prenorm else self.norm.step(x_t)), state
 
 
 def replay_module_state(block: nn.Module) -> tuple[Any, Any]:
@@ -205,6 +242,17 @@ class Encoder(nn.Module):
             x = x + self.pos[: x.shape[1]]
         return x
 
+    def step(self, inputs_t: torch.Tensor, t: int) -> torch.Tensor:
+        """Position t alone: (B,) ids or (B, D) values -> (B, H)."""
+        x = self.embed.weight[inputs_t] if isinstance(self.embed, nn.Embedding) else self.embed(inputs_t)
+        if self.bias is not None:
+            x = x + self.bias
+        if self.pos is not None:
+            if t >= self.pos.shape[0]:
+                raise ValueError(f"position {t} is beyond the positional table's l_max {self.pos.shape[0]}")
+            x = x + self.pos[t]
+        return x
+
 
 def length_mask(lengths: torch.Tensor, l: int) -> torch.Tensor:
     """(B, L) bool, True at the first lengths[b] positions."""
@@ -220,6 +268,13 @@ def masked_pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
         idx = (mask.sum(1) - 1).clamp_min(0)  # (B,)
         return x[torch.arange(x.shape[0], device=x.device), idx]
     raise ValueError(f"unknown pool {how!r}; known: mean, last")
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """The recurrent state of a SequenceModel: one entry per residual block, and the next position."""
+    blocks: tuple
+    position: int = 0
 
 
 class SequenceModel(nn.Module):
@@ -254,8 +309,19 @@ class SequenceModel(nn.Module):
             for p in [*self.encoder.parameters(), *self.head.parameters()]:
                 p._optim = {"weight_decay": "main"}
 
+    def features(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids or (B, L, D) values -> (B, L, H) after the last block and the final norm (padding zeroed)."""
+        x, mask = self._stack(inputs, lengths)
+        return self.final_norm(x, mask) * mask.unsqueeze(-1)
+
     def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, L) ids or (B, L, D) values -> pooled (B, H)."""
+        x, mask = self._stack(inputs, lengths)
+        x = self.final_norm(x, mask)
+        return masked_pool(x, mask, self.cfg.pool)
+
+    def _stack(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder and the residual blocks: (B, L, H) and the (B, L) mask of real positions."""
         mask = length_mask(lengths, inputs.shape[1])
         x = self.encoder(inputs)
         recompute = self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled()
@@ -266,8 +332,21 @@ class SequenceModel(nn.Module):
             else:
                 x = block(x, mask)
             x = x * mask.unsqueeze(-1)  # keep padded positions at zero between blocks
-        x = self.final_norm(x, mask)
-        return masked_pool(x, mask, self.cfg.pool)
+        return x, mask
+
+    def default_state(self, batch_size: int, max_len: int | None = None) -> ModelState:
+        """The state before position 0: each block's layer state (``max_len``: the key/value cache's length, default
+        the layer's l_max; other layers ignore it)."""
+        return ModelState(tuple(block.default_state(batch_size, max_len) for block in self.blocks))
+
+    def step(self, inputs_t: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:
+        """One position: (B,) ids or (B, D) values -> features (B, H) of that position (as ``features``), next state."""
+        x = self.encoder.step(inputs_t, state.position)
+        states = []
+        for block, s in zip(self.blocks, state.blocks):
+            x, s = block.step(x, s)
+            states.append(s)
+        return self.final_norm.step(x), ModelState(tuple(states), state.position + 1)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor,
                 inputs2: torch.Tensor | None = None, lengths2: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Efficient-attention baselines of Long Range Arena: local, Linformer, Performer (FAVOR+), linear Transformer.
 
-All four keep the Transformer's qkv / output projections and head split (models/transformer.py) and replace
-only softmax(Q K^T / sqrt(E)) V between the per-head q, k, v of shape (B, n, L, E):
+All four are ``HeadAttention``s (models/transformer.py: the Transformer's qkv / output projections and head split,
+one copy) and replace only softmax(Q K^T / sqrt(E)) V between the per-head q, k, v of shape (B, n, L, E):
 
 local_attention   (Tay et al., ICLR 2021, "Long Range Arena", the "Local Attention" baseline): the sequence is
                   cut into non-overlapping blocks of w positions, y_i = softmax(q_i K_b^T / sqrt(E)) V_b with b the
@@ -40,32 +40,12 @@ from torch import nn
 
 from models.precision import at_least_float32, autocast_off
 from models.registry import register_layer
+from models.transformer import HeadAttention
 
 CHUNK = 64  # causal linear attention: exact C x C products inside a chunk, prefix sums (a carried state) across
 
 
-class _HeadAttention(nn.Module):
-    """The shared part: q, k, v projection and head split, output projection; subclasses define ``_attend``."""
-
-    def __init__(self, d_model: int, n_heads: int, causal: bool):
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        self.n_heads, self.causal = n_heads, causal
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, l, h = x.shape
-        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, h // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, n, L, E)
-        y = self._attend(q, k, v, mask)  # (B, n, L, E)
-        return self.out(y.transpose(1, 2).reshape(b, l, h))
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class LocalAttention(_HeadAttention):
+class LocalAttention(HeadAttention):
     def __init__(self, d_model: int, n_heads: int, window: int, attn_dropout: float, causal: bool):
         super().__init__(d_model, n_heads, causal)
         if window < 1:
@@ -89,7 +69,7 @@ class LocalAttention(_HeadAttention):
         return y.reshape(b, n, nb * w, e)[:, :, :l]
 
 
-class LinformerAttention(_HeadAttention):
+class LinformerAttention(HeadAttention):
     def __init__(self, d_model: int, l_max: int, n_heads: int, proj_len: int, share_kv: bool, attn_dropout: float):
         super().__init__(d_model, n_heads, causal=False)
         if proj_len < 1:
@@ -163,7 +143,7 @@ def favor_features(x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor | None =
     return torch.exp(logits - shift.detach()) / math.sqrt(w.shape[0])
 
 
-class PerformerAttention(_HeadAttention):
+class PerformerAttention(HeadAttention):
     def __init__(self, d_model: int, n_heads: int, n_features: int, redraw: bool, feature_seed: int | None,
                  causal: bool):
         super().__init__(d_model, n_heads, causal)
@@ -186,7 +166,7 @@ class PerformerAttention(_HeadAttention):
             return linear_attention(phi_q, phi_k, v, self.causal)
 
 
-class LinearAttention(_HeadAttention):
+class LinearAttention(HeadAttention):
     def __init__(self, d_model: int, n_heads: int, causal: bool):
         super().__init__(d_model, n_heads, causal)
 
@@ -213,14 +193,13 @@ class LinearAttention(_HeadAttention):
     def step(self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """One position: x_t (B, H) -> y_t (B, H), with state (S, z) from ``default_state`` or a previous step."""
-        b, h = x_t.shape
-        q, k, v = self.qkv(x_t).view(b, 3, self.n_heads, h // self.n_heads).unbind(1)  # 3 x (B, n, E)
+        q, k, v = self.heads_t(x_t)  # 3 x (B, n, E)
         s, z = state
         phi_q, phi_k = self.phi(q), self.phi(k)
         s = s + phi_k[..., :, None] * v[..., None, :]  # (B, n, E, E)
         z = z + phi_k
         y = (phi_q[..., None, :] @ s).squeeze(-2) / (phi_q * z).sum(-1, keepdim=True)  # (B, n, E)
-        return self.out(y.reshape(b, h)), (s, z)
+        return self.out_t(y), (s, z)
 
 
 @register_layer("local_attention")

@@ -11,6 +11,10 @@ query over the filled prefix, itself included: the causal forward's output at t.
 grows with the prefix: 2 * B * H * max_len floats of memory, and step t costs O(t * H) attention work.
 The cache is written in place, so generate under ``torch.no_grad()`` / ``torch.inference_mode()``.
 
+``HeadAttention`` is the plumbing every attention layer shares (this one and models/efficient_attention.py): the
+q, k, v projection and head split, the output projection, and the same for one position in recurrent mode; a
+subclass defines only ``_attend`` (and ``step``'s attention).
+
 Dimensions: B batch, L length, H d_model, Q = d_qkv (default H) query/key/value width, n heads, E = Q / n head
 width, T = max_len cached positions.
 """
@@ -38,30 +42,53 @@ class KVCache:
         return self.k.shape[2]
 
 
-class MultiHeadAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int = 4, attn_dropout: float = 0.0, causal: bool = False,
-                 l_max: int | None = None, d_qkv: int | None = None, bias: bool = True):
+class HeadAttention(nn.Module):
+    """q, k, v projection to ``d_qkv`` (default d_model) split over ``n_heads``, and the output projection back to
+    d_model; subclasses define ``_attend(q, k, v, mask) -> (B, n, L, E)``."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool, d_qkv: int | None = None, bias: bool = True):
         super().__init__()
         d_qkv = d_model if d_qkv is None else int(d_qkv)
         if d_qkv % n_heads:
             raise ValueError(f"d_qkv {d_qkv} (d_model unless set) is not divisible by n_heads {n_heads}")
-        self.n_heads, self.attn_dropout, self.causal, self.l_max, self.d_qkv = n_heads, attn_dropout, causal, l_max, d_qkv
+        self.n_heads, self.causal, self.d_qkv = n_heads, causal, d_qkv
         self.qkv = nn.Linear(d_model, 3 * d_qkv, bias=bias)
         self.out = nn.Linear(d_qkv, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, l, _ = x.shape
-        q_width = self.d_qkv
-        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, q_width // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, n, L, E)
+        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, self.d_qkv // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, n, L, E)
+        y = self._attend(q, k, v, mask)  # (B, n, L, E)
+        return self.out(y.transpose(1, 2).reshape(b, l, self.d_qkv))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def heads_t(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One position: x_t (B, H) -> q, k, v, each (B, n, E)."""
+        return self.qkv(x_t).view(x_t.shape[0], 3, self.n_heads, self.d_qkv // self.n_heads).unbind(1)
+
+    def out_t(self, y_t: torch.Tensor) -> torch.Tensor:
+        """One position: the heads' outputs (B, n, E) -> (B, H)."""
+        return self.out(y_t.reshape(y_t.shape[0], self.d_qkv))
+
+
+class MultiHeadAttention(HeadAttention):
+    def __init__(self, d_model: int, n_heads: int = 4, attn_dropout: float = 0.0, causal: bool = False,
+                 l_max: int | None = None, d_qkv: int | None = None, bias: bool = True):
+        super().__init__(d_model, n_heads, causal, d_qkv, bias)
+        self.attn_dropout, self.l_max = attn_dropout, l_max
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        l = q.shape[2]
         attn_mask = None
         if mask is not None and not bool(mask.all()):  # a batch without padding needs no mask: SDPA's fused kernels
             attn_mask = mask[:, None, None, :]  # (B, 1, 1, L): padded keys are never attended to
             if self.causal:
-                attn_mask = attn_mask & torch.ones(l, l, dtype=torch.bool, device=x.device).tril()
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.attn_dropout if self.training else 0.0,
-                                           is_causal=self.causal and attn_mask is None)  # (B, n, L, E)
-        return self.out(y.transpose(1, 2).reshape(b, l, q_width))
+                attn_mask = attn_mask & torch.ones(l, l, dtype=torch.bool, device=q.device).tril()
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                              dropout_p=self.attn_dropout if self.training else 0.0,
+                                              is_causal=self.causal and attn_mask is None)  # (B, n, L, E)
 
     def default_state(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """Empty key/value cache for ``max_len`` positions (default ``l_max``): 2 * B * H * max_len floats."""
@@ -80,13 +107,12 @@ class MultiHeadAttention(nn.Module):
         if t >= state.max_len:
             raise RuntimeError(f"key/value cache is full ({state.max_len} positions): "
                                f"call default_state(batch_size, max_len=...) with a larger max_len")
-        b = x_t.shape[0]
-        q, k, v = self.qkv(x_t).view(b, 3, self.n_heads, self.d_qkv // self.n_heads).unbind(1)  # 3 x (B, n, E)
+        q, k, v = self.heads_t(x_t)  # 3 x (B, n, E)
         state.k[:, :, t].copy_(k)
         state.v[:, :, t].copy_(v)
         y = F.scaled_dot_product_attention(q[:, :, None], state.k[:, :, :t + 1], state.v[:, :, :t + 1],
                                            dropout_p=self.attn_dropout if self.training else 0.0)  # (B, n, 1, E)
-        return self.out(y.reshape(b, self.d_qkv)), dataclasses.replace(state, filled=t + 1)
+        return self.out_t(y), dataclasses.replace(state, filled=t + 1)
 
 
 @register_layer("transformer")

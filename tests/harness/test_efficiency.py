@@ -27,6 +27,10 @@ def test_tiny_sweep_writes_a_record_per_cell(tmp_path):
     assert (df.peak_mem_mib >= 0).all() and set(df.peak_mem_kind) == {"cpu_rss_growth"}
     assert (df.gen_status == "ok").all() and (df.gen_len == [8, 8, 8, 8]).all()
     assert set(df.kernel_backend) == {"ref", "n/a"} and (df.device_name != "").all() and (df.git_commit != "").all()
+    tr, s4d = df[df.model == "transformer"], df[df.model == "s4d"]
+    assert (tr.attn_dropout == 0.1).all() and s4d.attn_dropout.isna().all()  # configs/suite/efficiency.yaml's 0.1
+    assert set(s4d.sdpa_backend) == set(s4d.sdpa_backend_infer) == {"n/a"}
+    assert set(tr.sdpa_backend) <= {"math", "efficient"} and set(tr.sdpa_backend_infer) <= {"flash", "efficient"}
     report = (tmp_path / "REPORT.md").read_text()  # the suite's report, from those records
     pngs = sorted((tmp_path / "plots").glob("*.png"))
     assert {p.name.split("__")[0] for p in pngs} >= {"speed_vs_length", "memory_vs_length", "generation"}
@@ -52,3 +56,19 @@ def test_misspelt_efficiency_option_is_named(tmp_path):
         cfg = compose("config", overrides=["suite=efficiency", f"results_dir={tmp_path}", "+efficiency.batchsize=3"])
         with pytest.raises(TypeError, match="unknown efficiency option.*'batchsize'; accepted: models, lengths"):
             run_suite(cfg)
+
+
+@pytest.mark.parametrize("attn_dropout,cpu_kernel", [(0.1, "math"), (0.0, "flash")])
+def test_record_names_the_attention_kernel_of_the_training_step(attn_dropout, cpu_kernel):
+    import torch
+
+    from harness.efficiency import cell_settings, measure_cell
+
+    cfg = EfficiencyConfig(lengths=[32], batch_size=2, d_model=16, n_layers=1, warmup=1, repeats=1, gen_max_len=4,
+                           attn_dropout=attn_dropout, device="cpu")
+    settings = cell_settings("transformer", cfg)
+    assert settings["hparams"]["attn_dropout"] == settings["causal_hparams"]["attn_dropout"] == attn_dropout
+    out = measure_cell("transformer", 32, cfg, settings)
+    assert out["status"] == "ok" and out["attn_dropout"] == attn_dropout
+    if not torch.cuda.is_available():  # torch's CPU flash kernel takes no dropout: the math path then
+        assert out["sdpa_backend"] == cpu_kernel and out["sdpa_backend_infer"] == "flash"

@@ -132,3 +132,50 @@ def test_decay_io_and_decay_d_give_the_main_weight_decay():
     decayed = {id(p) for g in param_groups(plain, 0.01, 0.05) if g["weight_decay"] == 0.05 for p in g["params"]}
     for p in [plain.encoder.embed.weight, plain.head.bias, plain.blocks[0].layer.D]:
         assert id(p) not in decayed
+
+
+STEPPED = ["transformer", "linear_transformer", "lstm", "gru", "s4", "s4d", "s5", "lru", "mamba"]
+TINY_STATE = {"s4": {"d_state": 8}, "s4d": {"d_state": 8}, "s5": {"d_state": 8, "blocks": 2}, "lru": {"d_state": 8},
+              "mamba": {"d_state": 4}}
+
+
+def causal_model(layer: str, **backbone) -> torch.nn.Module:
+    """The layer's causal variant (its config file's ``causal:`` block, through the resolver), 3 blocks of width 16."""
+    from harness.config import compose_config, resolve_run
+
+    model = resolve_run(compose_config(["suite=efficiency"]), "text", layer, causal=True).config["model"]
+    hparams = {**(model.get("hparams") or {}), **TINY_STATE.get(layer, {})}
+    backbone = {**(model.get("backbone") or {}), "d_model": 16, "n_layers": 3, "ff_expand": 2,
+                "pos_encoding": "sinusoidal", **backbone}
+    torch.manual_seed(0)
+    return build_model(layer, TOKENS, backbone, hparams).eval()
+
+
+@pytest.mark.parametrize("layer", STEPPED)
+@pytest.mark.parametrize("norm,prenorm", [("layer", True), ("batch", False)], ids=["prenorm-ln", "postnorm-bn"])
+def test_model_step_equals_causal_forward(layer, norm, prenorm):
+    net = causal_model(layer, norm=norm, prenorm=prenorm, pool="last")
+    if norm == "batch":  # running statistics away from their initial (0, 1), so the norm matters
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    x = torch.randint(1, 20, (2, 29), generator=torch.Generator().manual_seed(1))
+    lengths = torch.full((2,), 29)
+    with torch.inference_mode():
+        full = net.features(x, lengths)  # (B, L, H)
+        state, outs = net.default_state(2, max_len=29), []
+        for t in range(x.shape[1]):
+            y, state = net.step(x[:, t], state)
+            outs.append(y)
+        logits, last = net(x, lengths), net.head(outs[-1])
+    assert state.position == 29
+    # float32, different kernels (whole-sequence convolutions, scans, attention over L vs one position at a time)
+    # through 3 blocks: summation order differs, errors of a few 1e-6 on O(1) features
+    torch.testing.assert_close(torch.stack(outs, 1), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(last, logits, atol=1e-4, rtol=1e-4)  # pool last: the prefix's logits
+
+
+def test_step_of_a_layer_without_recurrent_mode_is_refused():
+    net = build_model("performer", TOKENS, SMALL, {"causal": True})
+    with pytest.raises(ValueError, match="no recurrent mode"):
+        net.default_state(2)

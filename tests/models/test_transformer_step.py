@@ -61,3 +61,21 @@ def test_cache_is_not_reallocated():
             _, state = layer.step(torch.randn(2, 24), state)
             assert (state.k.data_ptr(), state.v.data_ptr()) == (k_ptr, v_ptr)
     assert state.filled == 5
+
+
+def test_step_with_a_narrower_qkv_width_and_the_shared_attention_plumbing():
+    from models.transformer import HeadAttention
+
+    torch.manual_seed(0)
+    layer = build_layer("transformer", d_model=24, l_max=11, n_heads=2, d_qkv=8, bias=False, causal=True).eval()
+    x = torch.randn(2, 11, 24, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full, state, outs = layer(x), layer.default_state(2), []
+        for t in range(11):
+            y, state = layer.step(x[:, t], state)
+            outs.append(y)
+    assert state.k.shape == (2, 2, 11, 4)  # (B, n, T, E) with E = d_qkv / n
+    torch.testing.assert_close(torch.stack(outs, 1), full, **TOL[torch.float32])
+    # one copy of the q/k/v projection, head split and output projection for every attention layer
+    for name in ("transformer", "local_attention", "linformer", "performer", "linear_transformer"):
+        assert isinstance(build_layer(name, d_model=16, l_max=8, n_heads=4), HeadAttention), name
