@@ -343,12 +343,16 @@ def suite_lists(cfg: DictConfig, warn: bool = True) -> tuple[list[str], list[str
 def check_command_line(cfg: DictConfig) -> list[str]:
     """Nothing set on the command line is silently ignored: a ``model_overrides`` / ``task_overrides`` entry naming
     no registered model or task (a misspelling) is refused with a ValueError; one naming a model or task this suite
-    does not run is returned as a warning (the caller logs it)."""
+    does not run is returned as a warning (the caller logs it). The ``logger`` setting is checked too: an unknown
+    name is refused with the accepted ones, a logger whose package is missing with its install command
+    (``harness.loggers.check_loggers``)."""
     import models  # noqa: F401  (registers the layers)
     import tasks  # noqa: F401  (registers the tasks)
+    from harness.loggers import check_loggers
     from models.registry import list_layers
     from tasks.registry import list_tasks
 
+    check_loggers(_select(cfg, "logger") if "logger" in cfg else None)
     warnings = []
     suite_tasks, suite_models, _ = suite_lists(cfg, warn=False)
     for key, text in _cli_keys(cfg):

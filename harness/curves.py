@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from harness.history import load_history
 from harness.plots import MODEL_ORDER, model_styles, save_figure
@@ -39,7 +40,7 @@ def load_curves(results_dir: str | Path) -> pd.DataFrame:
 def plot_learning_curves(curves: pd.DataFrame, task: str, path: Path, device_name: str = "") -> Path:
     """One PNG for ``task``: validation accuracy against step (left) and wall time (right), one line per model."""
     df = curves[(curves.task == task) & (curves.split == "validation")]
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(11.5, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     models = [m for m in MODEL_ORDER if m in set(df.model)] + sorted(set(df.model) - set(MODEL_ORDER))
     colour = {m: style["color"] for m, style in model_styles(models).items()}  # as in every other figure
@@ -61,15 +62,17 @@ def plot_learning_curves(curves: pd.DataFrame, task: str, path: Path, device_nam
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 100)
         ax.set_xlim(left=0)
-    axes[0].set_xlabel("training step")
+    axes[0].set_xlabel("training step (optimizer steps)")
     axes[1].set_xlabel("training wall time (s, validation included; linear scale)")
     axes[0].set_ylabel("validation accuracy (%)")
     axes[0].set_title(f"{task}: validation accuracy by step")
     axes[1].set_title(f"{task}: by wall time" + (f" on {device_name}" if device_name else ""))
     handles, labels = axes[0].get_legend_handles_labels()
+    if df.groupby("model").seed.nunique().max() > 1:
+        handles.append(Patch(color="0.5", alpha=0.2, linewidth=0))
+        labels.append("band: lowest to highest seed\n(line: mean over seeds)")
     if len(chance):
         handles.append(Line2D([], [], color="black", linestyle=":"))
         labels.append(f"chance ({chance.iloc[0]:.0f} %)")
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.86, 0.5), frameon=False, fontsize=8)
-    fig.subplots_adjust(left=0.06, right=0.85, bottom=0.14, top=0.9, wspace=0.08)
+    fig.legend(handles, labels, loc="outside right center", frameon=False, fontsize=8)  # beside, never on, the data
     return save_figure(fig, Path(path))

@@ -8,7 +8,9 @@ steps since the previous evaluation, and the learning rate of the last step.
 The rows travel in the run's checkpoint, so a run resumed after a kill continues the curve from the checkpoint's
 step: rows logged after that checkpoint are computed again, never duplicated, never missing. The file is rewritten
 whole and atomically after each evaluation (a run has one row per epoch or so), so a reader never sees a torn file.
-Under torchrun only rank 0 writes. Loggers (TensorBoard, Weights & Biases) receive the same rows.
+Under torchrun only rank 0 writes. Loggers (harness/loggers.py: TensorBoard, Weights & Biases) receive the same
+rows as they are added; on ``restore`` they are told which rows the run continues from, so that they too drop what
+was logged after the checkpoint.
 """
 from __future__ import annotations
 
@@ -39,8 +41,9 @@ class HistoryRow:
 
 
 class Logger(Protocol):
+    def restore(self, rows: list[HistoryRow]) -> None: ...   # the run continues after these rows
     def log(self, row: HistoryRow) -> None: ...
-    def close(self) -> None: ...
+    def close(self) -> None: ...                             # may be called more than once
 
 
 class History:
@@ -55,6 +58,8 @@ class History:
         """Continue from the rows a checkpoint carried (the ones after it are dropped: they will be logged again)."""
         self.rows = [HistoryRow(**r) for r in rows]
         self._write()
+        for logger in self.loggers:
+            logger.restore(list(self.rows))
 
     def state(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(r) for r in self.rows]

@@ -10,6 +10,7 @@ caption saying what the figure shows and what it leaves out. Every model keeps o
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
 from harness.reference import published_accuracy, short_source
@@ -32,7 +33,9 @@ __all__ = ["PlotFile", "MODEL_ORDER", "LRA_TASKS", "efficiency_table", "lra_aver
 MODEL_ORDER = ("transformer", "local_attention", "linformer", "performer", "linear_transformer", "lstm", "gru",
                "s4", "s4d", "s5", "lru", "mamba")   # baselines first; fixes each model's colour and marker
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
-FAILED = ("oom", "over_budget")                    # statuses drawn as an "x" at a figure's top edge
+FAILED = ("oom", "over_budget", "error")           # statuses drawn as a bold "x" at a figure's top edge
+SKIPPED = "skipped"                                # not tried (a shorter length failed, the sweep's budget ran out):
+                                                   # a thin "x" there
 _MARKERS = "osD^v<>pP*hX"                          # 12 markers x 10 tab10 colours: distinct up to 60 models
 MEM_KIND = {"cuda_max_allocated": "CUDA max allocated", "cpu_rss_growth": "CPU RSS growth"}   # in words
 _MAX_AREA_PT2 = 1600.0                             # LRA chart: marker area of the largest peak memory
@@ -119,8 +122,8 @@ def _values(df: pd.DataFrame, col: str) -> str:
 
 
 def setup_label(batch_size: int, d_model: int, n_layers: int) -> str:
-    """The benchmark's shape in words: "batch 32, width 256, depth 4 layers"."""
-    return f"batch {batch_size}, width {d_model}, depth {n_layers} layers"
+    """The benchmark's shape in words: "batch 32, width 256, depth 4 layers" ("depth 1 layer")."""
+    return f"batch {batch_size}, width {d_model}, depth {n_layers} layer{'s' * (int(n_layers) != 1)}"
 
 
 def length_label(length: int) -> str:
@@ -146,54 +149,77 @@ def _log_axes(ax, lengths, values, band: float = 0.22) -> None:
     bottom = lo / 10 ** (0.08 * decades)
     span = np.log10(hi / bottom)
     ax.set_ylim(bottom, hi * 10 ** (band * span / (1 - band)))  # the data end where the band starts
-    _label_log_axis(ax.yaxis, decades)
+    _label_log_axis(ax.yaxis, decades, ceiling=hi * 10 ** (0.02 * span) if band > 0.06 else None)
     ax.grid(True, which="major", alpha=0.3)
+    ax.yaxis.grid(True, which="minor", alpha=0.1)   # a light line at every labelled minor tick too
 
 
-def _label_log_axis(axis, decades: float) -> None:
-    """Plain-number tick labels on a log axis: powers of ten, plus 2 and 5 (every integer under a decade)."""
+def _label_log_axis(axis, decades: float, ceiling: float | None = None) -> None:
+    """Plain-number tick labels on a log axis: powers of ten, plus 2 and 5 (every integer under a decade); none above
+    ``ceiling`` (the band of failure marks, which are not values)."""
     keep = set(range(2, 10)) if decades < 0.8 else {2, 5} if decades < 2.5 else set()
+
+    def major(value, _pos=None) -> str:
+        return "" if ceiling is not None and value > ceiling else _g(value)
 
     def minor(value, _pos=None) -> str:
         mantissa = value / 10 ** np.floor(np.log10(value))
-        return f"{value:g}" if round(mantissa) in keep and abs(mantissa - round(mantissa)) < 1e-6 else ""
-    axis.set_major_formatter(FuncFormatter(_g))
+        return major(value) if round(mantissa) in keep and abs(mantissa - round(mantissa)) < 1e-6 else ""
+    axis.set_major_formatter(FuncFormatter(major))
     axis.set_minor_formatter(FuncFormatter(minor))
+    lo, hi = sorted(axis.get_view_interval())
+    labelled = [m * 10.0 ** k for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+                for m in [1, *keep] if lo <= m * 10.0 ** k <= hi]
+    if len(labelled) < 3:  # a narrow range (e.g. 8,000 to 9,500) would show one label or none: plain round ticks
+        axis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3))
+        axis.set_minor_locator(NullLocator())
 
 
-def _vs_length(df, column, valid, failed, ylabel, title, fail_label) -> tuple[Figure, list[str]]:
+def _vs_length(df, column, valid, failed, ylabel, title) -> tuple[Figure, list[str]]:
     """Shared body of the per-length figures: one line per model through its valid cells, each failed cell an "x"
-    at the top edge in the model's colour, labelled with the model and its status. Returns the models with no
-    valid cell."""
+    at the top edge in the model's colour (bold: oom, over budget, error; thin: skipped), one row per failing model,
+    its first failure said in its legend entry. Returns the models with no valid cell."""
     lengths = sorted(int(n) for n in df["seq_len"].unique())
     styles = model_styles(df["model"])
     fig = Figure(figsize=(10, 5.8), layout="constrained")
     ax = fig.add_subplot()
     top = blended_transform_factory(ax.transData, ax.transAxes)
-    handles, missing, row = [], [], 0
+    handles, missing, row, kinds_seen = [], [], 0, set()
     for model, rows in df.groupby("model", sort=False):
         good = rows[valid(rows) & rows[column].notna()]
         (line,) = ax.plot(good["seq_len"], good[column], label=model, markersize=6, **styles[model])
         handles.append(line)
         if good.empty:
             missing.append(model)
-        bad = rows[failed(rows)]
+        bad = rows[failed(rows)].sort_values("seq_len")
         if bad.empty:
             continue
         y = 0.97 - 0.045 * row  # one row of the top band per failing model, so no two labels can collide
         row += 1
         for _, cell in bad.iterrows():
-            ax.plot(cell["seq_len"], y, transform=top, marker="x", markersize=8, markeredgewidth=2.0,
-                    color=styles[model]["color"], linestyle="none", clip_on=False)
-        first = bad.sort_values("seq_len").iloc[0]
-        right_half = lengths.index(int(first["seq_len"])) >= len(lengths) / 2  # label towards the middle
-        ax.annotate(f"{model}: {failed.status(first).replace('_', ' ')}", (first["seq_len"], y), xycoords=top,
-                    xytext=(-8 if right_half else 8, 0), textcoords="offset points",
-                    ha="right" if right_half else "left", va="center", fontsize=8, color=styles[model]["color"])
+            skipped = failed.status(cell) == SKIPPED
+            kinds_seen.add(skipped)
+            ax.plot(cell["seq_len"], y, transform=top, marker="x", markersize=6 if skipped else 8,
+                    markeredgewidth=1.0 if skipped else 2.0, color=styles[model]["color"], linestyle="none",
+                    clip_on=False)
+        first = bad.iloc[0]   # said in the model's legend entry, outside the data area: no label can collide
+        text = f"{failed.status(first).replace('_', ' ')} at L={length_label(int(first['seq_len']))}"
+        if len(bad) > 1 and failed.status(bad.iloc[-1]) == SKIPPED and failed.status(first) != SKIPPED:
+            text += ", then skipped"
+        line.set_label(f"{model}\n  x: {text}")
     _log_axes(ax, lengths, df.loc[valid(df), column].astype(float).tolist(), band=0.05 + 0.045 * row)
-    if row:
+    if row:  # the band of failure marks, set off from the data below it
+        edge = 1 - (0.05 + 0.045 * row) + 0.02
+        ax.plot([0, 1], [edge, edge], transform=ax.transAxes, color="0.6", linewidth=0.8, linestyle="--")
+        ax.text(0.005, edge + 0.005, "not measured (x):", transform=ax.transAxes, fontsize=7, color="0.4",
+                va="bottom")
+    if False in kinds_seen:
         handles.append(Line2D([], [], marker="x", color="0.2", markersize=9, markeredgewidth=2.2, linestyle="none",
-                              label=f"x at top: {fail_label}\n(in the model's colour)"))
+                              label=f"x at top: {', '.join(failed.words)}\n(in the model's colour)"))
+    if True in kinds_seen:
+        handles.append(Line2D([], [], marker="x", color="0.2", markersize=6, markeredgewidth=1.0, linestyle="none",
+                              label="thin x: skipped, not tried\n(a shorter length failed,\n"
+                                    "or the sweep's budget ran out)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     ax.set_xlabel("sequence length L (tokens, log scale)")
     ax.set_ylabel(ylabel)
@@ -202,9 +228,10 @@ def _vs_length(df, column, valid, failed, ylabel, title, fail_label) -> tuple[Fi
 
 
 def _note(fig: Figure, text: str) -> None:
-    """A one-line note under the axes, in a band the layout keeps free."""
-    fig.get_layout_engine().set(rect=(0, 0.045, 1, 0.955))
-    fig.text(0.01, 0.012, text, fontsize=8, color="0.3")
+    """A note under the axes (one line per line of ``text``), in a band the layout keeps free."""
+    band = 0.03 + 0.022 * (text.count("\n") + 1)
+    fig.get_layout_engine().set(rect=(0, band, 1, 1 - band))
+    fig.text(0.01, 0.012, text, fontsize=8, color="0.3", va="bottom", linespacing=1.5)
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -214,15 +241,22 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 @dataclass(frozen=True)
 class _Failed:
-    """Which cells of a per-length figure failed, and the status word to print beside their mark."""
-    column: str
+    """Which cells of a per-length figure failed, and the status word to print beside their mark: the first of
+    ``columns`` with a status speaks for the cell (generation: its own status, else the training cell's, which
+    stopped it before generation)."""
+    columns: tuple[str, ...]
     kinds: tuple[str, ...]
 
-    def __call__(self, rows: pd.DataFrame) -> pd.Series:
-        return rows[self.column].map(_kind).isin(self.kinds)
-
     def status(self, cell: pd.Series) -> str:
-        return _kind(cell[self.column])
+        return next((k for k in (_kind(cell[c]) for c in self.columns) if k and k != "nan"), "")
+
+    def __call__(self, rows: pd.DataFrame) -> pd.Series:
+        return rows.apply(lambda r: self.status(r) in (*self.kinds, SKIPPED), axis=1).astype(bool) \
+            if len(rows) else pd.Series(False, index=rows.index)
+
+    @property
+    def words(self) -> list[str]:
+        return [{"over_budget": "over budget"}.get(k, k) for k in self.kinds]
 
 
 def _train_ok(rows: pd.DataFrame) -> pd.Series:
@@ -233,12 +267,11 @@ def plot_speed_vs_length(eff: pd.DataFrame, path: Path, device_name: str | None 
                          setup: str | None = None) -> PlotFile:
     """Training steps/s (forward, backward, AdamW step; median) against L, one line per model, log-log."""
     df, device, setup = _select(eff, device_name, setup)
-    fig, missing = _vs_length(df, "train_steps_per_s", _train_ok, _Failed("status", FAILED),
+    fig, missing = _vs_length(df, "train_steps_per_s", _train_ok, _Failed(("status",), FAILED),
                               "training speed (steps/s, log scale)",
-                              f"Training speed vs length on {device}\n{setup}",
-                              "out of memory or over\nthe time budget")
+                              f"Training speed vs length on {device}\n{setup}")
     caption = (f"Training steps/s (median step: forward, backward, AdamW) against L on {device} ({setup}); "
-               "x at the top: oom or over budget.")
+               "x at the top: oom, over budget or error; thin x: skipped.")
     return PlotFile(save_figure(fig, path), caption + (f" No ok cell: {', '.join(missing)}." if missing else ""))
 
 
@@ -247,12 +280,11 @@ def plot_memory_vs_length(eff: pd.DataFrame, path: Path, device_name: str | None
     """Peak memory of one training step (MiB) against L, one line per model, log-log."""
     df, device, setup = _select(eff, device_name, setup)
     kinds = ", ".join(MEM_KIND.get(k, k) for k in sorted(df["peak_mem_kind"].dropna().unique()) if k) or "unknown"
-    fig, missing = _vs_length(df, "peak_mem_mib", _train_ok, _Failed("status", FAILED),
+    fig, missing = _vs_length(df, "peak_mem_mib", _train_ok, _Failed(("status",), FAILED),
                               "peak memory of a training step (MiB, log scale)",
-                              f"Peak training memory vs length on {device}\n{setup}; {kinds}",
-                              "out of memory or over\nthe time budget")
+                              f"Peak training memory vs length on {device}\n{setup}; {kinds}")
     caption = (f"Peak memory of one training step ({kinds}) against L on {device} ({setup}); "
-               "x at the top: oom or over budget.")
+               "x at the top: oom, over budget or error; thin x: skipped.")
     return PlotFile(save_figure(fig, path), caption + (f" No ok cell: {', '.join(missing)}." if missing else ""))
 
 
@@ -269,10 +301,11 @@ def plot_generation(eff: pd.DataFrame, path: Path, device_name: str | None = Non
     gen_batch = _values(gen, "gen_batch")
     shape = f"{setup}; generated: batch {gen_batch} x min(L, {gen['gen_len'].max():.0f}) tokens"
     fig, missing = _vs_length(gen, "gen_tokens_per_s", lambda r: r["gen_status"] == "ok",
-                              _Failed("gen_status", ("oom",)),
+                              _Failed(("gen_status", "status"), FAILED),
                               "generation throughput (tokens/s, whole batch; log scale)",
-                              f"Generation throughput vs length on {device}\n{shape}", "out of memory")
-    caption = f"Generation tokens/s against L on {device} ({shape}); x at the top: oom."
+                              f"Generation throughput vs length on {device}\n{shape}")
+    caption = (f"Generation tokens/s against L on {device} ({shape}); x at the top: oom, over budget or error "
+               "(of generation, or of the training cell, which then skipped generation); thin x: skipped.")
     if no_mode:
         _note(fig, f"No recurrent mode, not shown: {', '.join(no_mode)}.")
         caption += f" No recurrent mode: {', '.join(no_mode)}."
@@ -391,11 +424,16 @@ def plot_lra_chart(eff: pd.DataFrame, accuracy_records: pd.DataFrame, path: Path
         notes.append(f"no LRA accuracy (ours on all six tasks, or published and verified): {', '.join(no_acc)}")
     if no_speed := sorted(set(acc.index) & set(df["model"]) - speed_ok):
         notes.append(f"no ok training cell at L = {at}: {', '.join(no_speed)}")
-    if notes:
-        _note(fig, "Left out: " + "; ".join(notes) + ".")
+    widths = (f"Not one model per point: speed (x) and memory (area) are measured here at {setup}; accuracy (y) "
+              "comes from other models" + (": hollow, the papers' (their widths, depths and hardware)" if any(
+                  not acc.at[m, "ours"] for m in shown) else "") + (", filled: our accuracy runs (their own widths)"
+                                                                      if any(acc.at[m, "ours"] for m in shown) else "")
+              + ".")
+    _note(fig, "\n".join(textwrap.wrap(widths, 170) + textwrap.wrap("Left out: " + "; ".join(notes) + ".", 170)
+                         * bool(notes)))
     fig.draw_without_rendering()   # fixes the layout, so that labels can be placed in display coordinates
     _place_labels(ax, [(m, xs[m], acc.at[m, "lra_avg_pct"], np.sqrt(area[m]) / 2) for m in shown])
     caption = (f"LRA average accuracy against training speed relative to the transformer at {where} on {device} "
                f"({setup}); marker area proportional to peak memory; hollow markers: published accuracy, not "
-               "measured here.")
+               "measured here. Speed and accuracy come from different model sizes (said under the axes).")
     return PlotFile(save_figure(fig, path), caption + (" Left out: " + "; ".join(notes) + "." if notes else ""))

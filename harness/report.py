@@ -2,11 +2,13 @@
 
 ``python -m harness.report results/quick results/efficiency [--out results/REPORT.md]`` reads the accuracy
 records (``<dir>/records/``) and efficiency records (``<dir>/efficiency/``) under every given folder and writes
-one markdown report: what was measured here and what is copied from papers, the hardware, torch versions and
-commits, the accuracy table, the efficiency tables per device (absolute, and relative to the transformer), the
-published reference figures with their sources and hardware, and the figures of ``harness.plots`` as PNG files
-in ``plots/`` beside the report (one set per device and setup, both in the file name), linked by relative paths.
-A missing kind of record leaves its section saying so. The report and every figure are replaced atomically, and
+one markdown report: a summary first (which models ran on which tasks, the accuracy table, the three main figures),
+our accuracy against the published one where the runs used the benchmark's configuration (the rule is in
+``harness.tables.BENCHMARK_RULE``), what was measured here and what is copied from papers, the hardware, torch
+versions and commits, the learning curves, the efficiency tables per device (absolute, and relative to the
+transformer), the published reference figures with their sources and hardware, and the figures of ``harness.plots``
+as PNG files in ``plots/`` beside the report (one set per device and setup, both in the file name), linked by
+relative paths. A missing kind of record leaves its section saying so. The report and every figure are replaced atomically, and
 the report is regenerated while records arrive during its writing, so the jobs of a sweep can all write it at once.
 """
 from __future__ import annotations
@@ -25,9 +27,11 @@ from harness import plots
 from harness.curves import load_curves, plot_learning_curves
 from harness.efficiency import EfficiencyRecord, efficiency_dir, load_efficiency_records
 from harness.records import RunRecord, load_records, records_dir
-from harness.reference import published_efficiency
+from harness.reference import published_accuracy, published_efficiency
 from core.files import write_atomic
-from harness.tables import MAX_REWRITES, format_table_markdown, stored_files
+from harness.tables import (ACCURACY_LEGEND, BENCHMARK_RULE, MAX_REWRITES, TASK_ORDER, TASK_TITLES, accuracy_table,
+                            format_table_markdown, headline_markdown, latest_runs, non_benchmark_tasks,
+                            published_comparison, stored_files)
 
 __all__ = ["write_report", "main"]
 
@@ -99,11 +103,13 @@ def _figure(plot: plots.PlotFile, out_dir: Path) -> list[str]:
     return [f"![{plot.path.stem}]({link})", "", f"*{plot.caption}*", ""]
 
 
-def _efficiency_section(eff: pd.DataFrame, acc: pd.DataFrame, out_dir: Path) -> list[str]:
+def _efficiency_section(eff: pd.DataFrame, acc: pd.DataFrame, out_dir: Path) -> tuple[list[str], list[_Setup]]:
+    """The efficiency tables and figures per device and setup: (markdown lines, each setup's figures)."""
     lines = ["## Efficiency (measured by this harness)", ""]
     if eff.empty:
-        return lines + ["No efficiency records found: run the efficiency benchmark to fill this section.", ""]
+        return lines + ["No efficiency records found: run the efficiency benchmark to fill this section.", ""], []
     table = plots.efficiency_table(eff)
+    setups: list[_Setup] = []
     lines += ["One section per device and setup (batch, width, depth), latest record per (model, length); ratios "
               "compare models within a section only. Training: median AdamW step (forward, backward, update) "
               "on one fixed batch; memory: peak of one training step; inference: forward passes in eval mode; "
@@ -134,33 +140,51 @@ def _efficiency_section(eff: pd.DataFrame, acc: pd.DataFrame, out_dir: Path) -> 
                    plots.plot_memory_vs_length(eff, out_dir / "plots" / f"memory_vs_length__{slug}.png", device, setup)]
         if not gen.empty:
             figures.append(plots.plot_generation(eff, out_dir / "plots" / f"generation__{slug}.png", device, setup))
+        if dev["speed_vs_transformer"].notna().any():
+            figures.append(plots.plot_lra_chart(eff, acc, out_dir / "plots" / f"lra_chart__{slug}.png",
+                                                device_name=device, setup=setup))
         lines += ["#### Figures", ""]
         for plot in figures:
             lines += _figure(plot, out_dir)
-        if dev["speed_vs_transformer"].notna().any():
-            lines += _figure(plots.plot_lra_chart(eff, acc, out_dir / "plots" / f"lra_chart__{slug}.png",
-                                                  device_name=device, setup=setup), out_dir)
-        else:
+        if not dev["speed_vs_transformer"].notna().any():
             lines += ["No LRA chart: the transformer has no ok training cell in this setup, so there is no speed "
                       "ratio.", ""]
-    return lines
+        setups.append(_Setup(device, setup, dev["seq_len"].nunique(), dev["model"].nunique(),
+                             int(shape["d_model"]), figures))
+    return lines, setups
 
 
-def _curves_section(results_dirs: list[Path], out_dir: Path) -> list[str]:
-    """Per task, validation accuracy against step and wall time, from the runs' histories."""
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """One efficiency section's device and setup, its size, and its figures (speed, memory, [generation], [LRA])."""
+    device: str
+    setup: str
+    n_lengths: int
+    n_models: int
+    d_model: int
+    figures: list[plots.PlotFile]
+
+
+def _curves_section(results_dirs: list[Path], out_dir: Path) -> tuple[list[str], dict[str, plots.PlotFile]]:
+    """Per task, validation accuracy against step and wall time, from the runs' histories: (markdown lines,
+    {task: figure})."""
     frames = [c for c in (load_curves(d) for d in results_dirs) if not c.empty]
     if not frames:
-        return []
+        return [], {}
     curves = pd.concat(frames, ignore_index=True)
     lines = ["## Learning curves", "",
              "Validation accuracy at each evaluation of the runs in the accuracy table (their histories: "
-             "`history/*.parquet` beside the records), against training steps and against training wall time; "
-             "mean over seeds, the band from the lowest to the highest seed.", ""]
+             "`history/*.parquet` beside the records; the same points are in TensorBoard under `tb/`), against "
+             "training steps and against training wall time; mean over seeds, the band from the lowest to the "
+             "highest seed.", ""]
+    figures = {}
     for task in dict.fromkeys(curves.task):
         path = plot_learning_curves(curves, task, out_dir / "plots" / f"curves__{_slug(task)}.png")
-        link = Path(os.path.relpath(path, out_dir)).as_posix()
-        lines += [f"![curves {task}]({link})", ""]
-    return lines
+        n_evals = curves[(curves.task == task) & (curves.split == "validation")].groupby(["model", "seed"]).size()
+        figures[task] = plots.PlotFile(path, f"{task}: validation accuracy against training step (left) and wall "
+                                             f"time (right), one line per model; {n_evals.max()} evaluations per run.")
+        lines += [f"![curves {task}]({Path(os.path.relpath(path, out_dir)).as_posix()})", ""]
+    return lines, figures
 
 
 def _published_section() -> list[str]:
@@ -207,6 +231,89 @@ def _provenance(acc: pd.DataFrame, eff: pd.DataFrame) -> list[str]:
     ]
 
 
+def _summary(acc: pd.DataFrame, curves: dict[str, plots.PlotFile], setups: list[_Setup],
+             out_dir: Path) -> list[str]:
+    """What a reader wants first: which models ran on which tasks, the headline table, the three main figures."""
+    lines = ["## Summary", ""]
+    runs = latest_runs(acc)
+    if runs.empty:
+        lines += ["No accuracy runs recorded.", ""]
+    else:
+        kinds = runs["status"].map(_status_word).value_counts()
+        suites = _unique(runs["suite"])
+        lines += [f"{len(runs)} run{'s' * (len(runs) != 1)} (the latest finished record per task, model and seed)"
+                  + (f" of suite {suites}" if suites != "none recorded" else "")
+                  + f" on {_unique(runs['device_name'])}: "
+                  + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ".", ""]
+        non_bench = non_benchmark_tasks(runs)
+        order = list(accuracy_table(acc).index)  # models as the table orders them
+        for task in [t for t in TASK_ORDER if t in set(runs.task)] + sorted(set(runs.task) - set(TASK_ORDER)):
+            g = runs[runs.task == task]
+            seeds = g.groupby("model")["seed"].nunique().sort_index(key=lambda m: m.map(order.index))
+            per_model = ", ".join(f"{m}" + (f" ({n} seeds)" if n > 1 else "") for m, n in seeds.items())
+            lines.append(f"- **{TASK_TITLES.get(task, task)}**"
+                         + (" (not the benchmark's configuration)" if task in non_bench else "") + f": {per_model}"
+                         + (f"; seed {g.seed.iloc[0]}" if g.seed.nunique() == 1 else ""))
+        lines += ["", "### Test accuracy (%)", "", ACCURACY_LEGEND, "", headline_markdown(acc)]
+    chosen = _main_figures(acc, curves, setups)
+    if chosen:
+        lines += ["### Main figures", "",
+                  "Chosen by a fixed rule: the learning curves of the task on which the models differ most (spread of "
+                  "their best validation accuracy), then training speed and peak memory against length for the "
+                  "efficiency setup with the most lengths measured (then the most models); the LRA chart or "
+                  "generation figure where one of these is missing. All figures are in the sections below.", ""]
+        for plot in chosen:
+            lines += _figure(plot, out_dir)
+    return lines
+
+
+def _main_figures(acc: pd.DataFrame, curves: dict[str, plots.PlotFile], setups: list[_Setup]) -> list[plots.PlotFile]:
+    """The three figures of the summary (the rule is stated in it)."""
+    candidates = []
+    runs = latest_runs(acc)
+    if curves and not runs.empty:
+        best = runs[runs.status == "ok"].groupby(["task", "model"])["best_val_acc"].mean()
+        spread = {t: (best[t].max() - best[t].min()) if t in best.index.get_level_values(0) else -1.0 for t in curves}
+        candidates.append(curves[max(curves, key=lambda t: (spread[t], -list(curves).index(t)))])
+    if setups:
+        main = max(setups, key=lambda st: (st.n_lengths, st.n_models, st.d_model))
+        kinds = ("speed_vs_length", "memory_vs_length", "lra_chart", "generation")
+        candidates += sorted((f for f in main.figures if f.path.stem.split("__")[0] in kinds),
+                             key=lambda f: kinds.index(f.path.stem.split("__")[0]))
+    return candidates[:3]
+
+
+def _published_comparison(acc: pd.DataFrame) -> list[str]:
+    """Reproduced vs published, per (model, task), from benchmark-configuration runs only."""
+    lines = ["## Reproduced vs published", "",
+             f"Which runs count: {BENCHMARK_RULE}. Published numbers: `harness/data/published_lra.csv` (verified "
+             "rows).", ""]
+    compared, left_out = published_comparison(acc)
+    if compared.empty:
+        lines += ["No run here used the benchmark configuration, so nothing is set against the papers' numbers."]
+    else:
+        cells = compared.assign(
+            ours=[f"{r.ours_pct:.2f}" + (f" ± {r.std_pct:.2f}" if r.n_seeds > 1 else "") + f" ({r.n_seeds})"
+                  for r in compared.itertuples()],
+            published=[("fail (counted 50)" if r.published_status == "fail" else f"{r.published_pct:.2f}")
+                       for r in compared.itertuples()],
+            delta=[f"{r.delta_pp:+.2f}" for r in compared.itertuples()],
+            task=compared.task.map(lambda t: TASK_TITLES.get(t, t)))
+        lines += [_markdown(cells[["task", "model", "ours", "published", "delta", "source"]].rename(
+            columns={"ours": "ours (%, seeds)", "published": "published (%)", "delta": "Δ (points)"}))]
+    if not left_out.empty:
+        lines += ["", "Not compared (a published number exists, but no run qualifies): "
+                  + "; ".join(f"{TASK_TITLES.get(r.task, r.task)} / {r.model}: {r.reason}"
+                              for r in left_out.itertuples()) + "."]
+    runs = latest_runs(acc)
+    if not runs.empty:
+        pub = published_accuracy(include_unverified=False)
+        none = sorted(set(runs.task) - set(pub.task))
+        if none:
+            lines += ["", f"No published numbers for: {', '.join(none)}."]
+    return lines + [""]
+
+
 def write_report(results_dirs: list[Path], out: Path = Path("results/REPORT.md")) -> Path:
     """Write the markdown report for the records under ``results_dirs``, and its figures under ``out``'s folder.
 
@@ -235,12 +342,14 @@ def _report_text(results_dirs: list[Path], out: Path) -> str:
     lines = ["# Results report", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} by `python -m harness.report` from "
              f"{', '.join(f'`{d}`' for d in results_dirs) or 'no folder'}; nothing here is edited by hand.", ""]
+    curve_lines, curves = _curves_section(results_dirs, out.parent)
+    eff_lines, setups = _efficiency_section(eff, acc, out.parent)
+    lines += _summary(acc, curves, setups, out.parent)
+    lines += _published_comparison(acc)
     lines += _provenance(acc, eff)
-    accuracy = format_table_markdown(acc, title="Accuracy: test accuracy (%), LRA-style")
-    lines += ["#" + accuracy, ""]
-    lines += _curves_section(results_dirs, out.parent)
-    lines += _efficiency_section(eff, acc, out.parent)
-    lines += _published_section()
+    lines += ["#" + format_table_markdown(acc, title="Accuracy: hardware, commits and what each run cost",
+                                          with_table=False), ""]
+    lines += curve_lines + eff_lines + _published_section()
     return "\n".join(lines)
 
 

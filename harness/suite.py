@@ -26,6 +26,7 @@ from harness.distributed import barrier, broadcast, init_from_env, is_main, loca
 from harness.efficiency import EfficiencyConfig, run_efficiency
 from core.env import device_name, git_commit, resolve_device
 from harness.history import History
+from harness.loggers import build_loggers
 from harness.measure import is_oom
 from core.files import write_atomic
 from harness.records import RunRecord, config_hash, load_records, records_dir, write_record
@@ -91,10 +92,18 @@ def run_one(cfg: DictConfig, task: str, model: str, seed: int, results_dir: str 
                           run_cfg["model"].get("hparams"))
         history, history_file = None, ""
         if results_dir is not None:
-            history_file = f"history/{task}__{model}__seed{seed}__{base['config_hash']}.parquet"
-            history = History(Path(results_dir) / history_file)
+            run_name = f"{task}__{model}__seed{seed}__{base['config_hash']}"
+            history_file = f"history/{run_name}.parquet"
+            loggers = []  # rank 0 alone writes event files (fit gives the other ranks an in-memory History)
+            if is_main():
+                loggers = build_loggers(cfg.get("logger"), results_dir, run_name, run_cfg, base["suite"])
+            history = History(Path(results_dir) / history_file, loggers=loggers)
         in_fit = True
-        rec = fit(net, t, train_cfg, model_name=model, checkpointer=checkpointer, history=history)
+        try:
+            rec = fit(net, t, train_cfg, model_name=model, checkpointer=checkpointer, history=history)
+        finally:  # a run that fails mid-way still closes its event files
+            if history is not None:
+                history.close()
         in_fit = False
         return replace(rec, suite=base["suite"], config=base["config"], config_hash=base["config_hash"],
                        history=history_file,

@@ -15,6 +15,9 @@ Conventions, in one place:
 - Comparability: a task whose runs used a configuration other than the published benchmark's (a record's
   ``task_info`` says ``"benchmark": false``, e.g. a small generated variant) gets no published numbers in
   its column ("n/c") and a dagger on its title.
+- Reproduced vs published (``published_comparison``): a run counts as the published benchmark's configuration only
+  when all of ``BENCHMARK_RULE`` holds (its data, its recipe, nothing result-changing from the command line, its
+  whole schedule); only such ok runs are set against the papers' numbers, with the difference in points.
 - Concurrent writers (the jobs of a Hydra sweep sharing one results folder): every file is written to a unique
   temporary name beside it and renamed into place, so none is ever half-written or interleaved and the last
   writer wins; ``write_tables`` regenerates until no record arrived while it wrote, so the last tables written
@@ -33,7 +36,8 @@ from core.files import write_atomic
 from harness.records import load_records, records_dir
 from harness.reference import published_accuracy, short_source
 
-__all__ = ["latest_runs", "accuracy_long", "accuracy_table", "format_table_markdown", "write_tables", "stored_files"]
+__all__ = ["latest_runs", "accuracy_long", "accuracy_table", "format_table_markdown", "headline_markdown",
+           "write_tables", "stored_files", "benchmark_reason", "published_comparison", "BENCHMARK_RULE"]
 
 TASK_ORDER = ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "scifar", "speech_commands")
 TASK_TITLES = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
@@ -232,6 +236,84 @@ def accuracy_table(records: pd.DataFrame, tasks: list[str] | None = None, models
     return table
 
 
+BENCHMARK_RECIPES = ("lra", "s5")   # configs/recipes/ whose settings are the papers' (or their base settings)
+RESULT_NEUTRAL = ("train.progress", "train.checkpoint_every_steps", "train.checkpoint_every_s", "train.device",
+                  "data_dir", "train.seed")   # command-line values that cannot change a result (as run_hash's)
+BENCHMARK_RULE = (
+    "a run counts as the published benchmark's configuration when (1) its task says so (`\"benchmark\": true` in "
+    "the record's task_info: the release data, splits and sequence length of the benchmark; a generated or shortened "
+    f"variant says false), (2) it ran a published recipe (config `recipe`: {', '.join(BENCHMARK_RECIPES)}), (3) no "
+    "value that can change its result came from the command line (the record's config_sources), and (4) it ran "
+    "its whole schedule (not cut by time_budget_s). Only ok runs meeting all four are compared; a cell is their mean "
+    "over seeds, and Δ = ours − published, in percentage points")
+
+
+def _json_field(value) -> dict:
+    try:
+        out = json.loads(value) if isinstance(value, str) and value else {}
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def benchmark_reason(run) -> str:
+    """Why the record ``run`` (a row of ``load_records``) is not in the published benchmark's configuration (see
+    ``BENCHMARK_RULE``); "" when it is."""
+    if _json_field(run.get("task_info")).get("benchmark") is not True:
+        return "not the benchmark's data or length (task_info)"
+    recipe = _json_field(run.get("config")).get("recipe")
+    if recipe not in BENCHMARK_RECIPES:
+        return f"recipe {recipe!r}, not a published one" if recipe else "no published recipe"
+    cli = sorted(k for k, v in _json_field(run.get("config_sources")).items()
+                 if str(v).startswith("command line") and k not in RESULT_NEUTRAL)
+    if cli:
+        return "set on the command line: " + ", ".join(cli)
+    if run.get("stopped_by") == "time_budget":
+        return "cut short by time_budget_s"
+    return ""
+
+
+def published_comparison(records: pd.DataFrame, include_unverified: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Our accuracy against the published one, per (model, task) with a published number, from benchmark-configuration
+    runs only (``BENCHMARK_RULE``; the latest record per seed, as the tables count them).
+
+    Returns ``(compared, left_out)``: ``compared`` has model, task, n_seeds, ours_pct, std_pct, published_pct,
+    published_status, delta_pp (ours − published; a published "fail" counts as ``FAIL_AS_PCT``) and source;
+    ``left_out`` has model, task and reason for the cells with a published number whose runs do not qualify.
+    """
+    pub = _published(include_unverified)
+    runs = latest_runs(records)
+    compared, left_out = [], []
+    for (model, task), cell in runs.groupby(["model", "task"], sort=False):
+        p = pub[(pub["registry_name"] == model) & (pub["task"] == task)].head(1)
+        if p.empty:
+            continue
+        reasons = [benchmark_reason(r) for _, r in cell.iterrows()]
+        ok = cell[[not why for why in reasons] & (cell["status"] == "ok").to_numpy()]
+        acc = ok["test_acc"].dropna().astype(float) * 100
+        if acc.empty:
+            why = "; ".join(dict.fromkeys(w for w in reasons if w)) or "no ok run"
+            left_out.append({"model": model, "task": task, "reason": why})
+            continue
+        p = p.iloc[0]
+        published = FAIL_AS_PCT if p["status"] == "fail" else float(p["acc_pct"])
+        compared.append({"model": model, "task": task, "n_seeds": len(acc), "ours_pct": acc.mean(),
+                         "std_pct": acc.std(ddof=STD_DDOF) if len(acc) > 1 else float("nan"),
+                         "published_pct": published, "published_status": p["status"],
+                         "delta_pp": acc.mean() - published, "source": short_source(p["source"])})
+    columns = ["model", "task", "n_seeds", "ours_pct", "std_pct", "published_pct", "published_status", "delta_pp",
+               "source"]
+    return (_by_task(pd.DataFrame(compared, columns=columns)),
+            _by_task(pd.DataFrame(left_out, columns=["model", "task", "reason"])))
+
+
+def _by_task(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in TASK_ORDER, models in their order of appearance within a task."""
+    rank = {t: i for i, t in enumerate(TASK_ORDER)}
+    return df.sort_values("task", key=lambda c: c.map(lambda t: rank.get(t, len(rank))), kind="mergesort") \
+        .reset_index(drop=True)
+
+
 def cost_table(records: pd.DataFrame, tasks: list[str] | None = None, models: list[str] | None = None) -> pd.DataFrame:
     """Table of strings like the accuracy table's (rows = models, columns = tasks): each cell is the mean wall time and
     step count of the runs the accuracy cell averages (``"38 s, 252 steps"``); empty where no run finished ok."""
@@ -252,33 +334,47 @@ def _unique(df: pd.DataFrame, col: str) -> list[str]:
 
 
 def format_table_markdown(records: pd.DataFrame, tasks: list[str] | None = None, models: list[str] | None = None,
-                          include_unverified: bool = False, title: str = "Test accuracy (%), LRA-style") -> str:
-    """Markdown document: title, what is ours vs published, hardware and commits, the table, footnotes."""
+                          include_unverified: bool = False, title: str = "Test accuracy (%), LRA-style",
+                          with_table: bool = True) -> str:
+    """Markdown document: title, what is ours vs published, hardware and commits, the table and its footnotes
+    (``headline_markdown``; left out with ``with_table=False``, for a report that shows it elsewhere), the cost."""
     lines = [f"# {title}", ""]
     if records.empty:
         return "\n".join(lines + ["No run records found.", ""])
     runs = latest_runs(records)
-    table = accuracy_table(records, tasks, models, include_unverified)
     lines += [
-        "Our rows: mean ± sample std (ddof=1) of test accuracy at the best-validation checkpoint over seeds "
-        "that finished ok; (n) = number of seeds; a status (oom, diverged, skipped, error) where no seed finished. "
-        "Rows marked \"published\" are the papers' numbers, copied, not re-run here.",
-        "",
+        *([ACCURACY_LEGEND, ""] if with_table else []),
         f"Hardware: {', '.join(_unique(runs, 'device_name')) or 'unknown'}  ",
         f"Git commit(s): {', '.join(_unique(runs, 'git_commit')) or 'unknown'}  ",
         f"Runs: {len(runs)} (latest finished per task, model, seed; {len(records)} records stored)",
         "",
-        tabulate(table.rename(columns={t: TASK_TITLES.get(t, t) + ("†" if t in table.attrs["non_benchmark"] else "")
-                                       for t in table.columns}).reset_index(), headers="keys", tablefmt="github",
-                 showindex=False, disable_numparse=True),
-        "",
     ]
+    if with_table:
+        lines += [headline_markdown(records, tasks, models, include_unverified)]
     cost = cost_table(records, tasks, models)
     if not cost.empty:
         lines += ["What each run cost: wall time of training (validation included) and optimizer steps, mean over the "
                   "seeds above; the hardware is named above.", "",
                   tabulate(cost.rename(columns=lambda t: TASK_TITLES.get(t, t)).reset_index(), headers="keys",
                            tablefmt="github", showindex=False, disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+ACCURACY_LEGEND = ("Our rows: mean ± sample std (ddof=1) of test accuracy at the best-validation checkpoint over "
+                   "seeds that finished ok; (n) = number of seeds; a status (oom, diverged, skipped, error) where no "
+                   "seed finished. Rows marked \"published\" are the papers' numbers, copied, not re-run here.")
+
+
+def headline_markdown(records: pd.DataFrame, tasks: list[str] | None = None, models: list[str] | None = None,
+                      include_unverified: bool = False) -> str:
+    """The accuracy table (markdown) with the footnotes its cells refer to; "" without records."""
+    if records.empty:
+        return ""
+    runs = latest_runs(records)
+    table = accuracy_table(records, tasks, models, include_unverified)
+    titles = {t: TASK_TITLES.get(t, t) + ("†" if t in table.attrs["non_benchmark"] else "") for t in table.columns}
+    lines = [tabulate(table.rename(columns=titles).reset_index(), headers="keys", tablefmt="github", showindex=False,
+                      disable_numparse=True), ""]
     notes = list(table.attrs["footnotes"])
     mixed = runs[runs["n_configs"] > 1]
     if len(mixed):

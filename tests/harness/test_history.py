@@ -1,5 +1,6 @@
-"""Every run's learning curve: a history row at each evaluation and one for the test, stored beside the record, and
-drawn in the report (the SIGKILL resume test in test_resume.py checks that a resumed run's curve is continuous)."""
+"""Every run's learning curve: a history row at each evaluation and one for the test, stored beside the record, sent
+to TensorBoard (default logger) by rank 0 only, and drawn in the report (the SIGKILL resume test in test_resume.py
+checks that a resumed run's curve is continuous; test_loggers.py, that its TensorBoard points are not doubled)."""
 import math
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from harness.curves import load_curves, plot_learning_curves
 from harness.history import load_history
 from harness.records import load_records
 from harness.report import write_report
-from harness.suite import run_suite
+from harness.suite import run_one, run_suite
+from test_loggers import read_scalars  # pytest puts tests/harness on sys.path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,6 +44,32 @@ def test_each_run_stores_its_history_beside_its_record(results):
         assert max(val.acc) == pytest.approx(rec.best_val_acc)  # the record's best is the curve's best
         assert val.train_loss.notna().all() and val.lr.notna().all() and val.loss.notna().all()
         assert len(test) == 1 and test.acc.iloc[0] == pytest.approx(rec.test_acc) and math.isfinite(test.loss.iloc[0])
+
+
+def test_each_run_has_tensorboard_event_files_by_default(results):
+    records = load_records(results)
+    runs = sorted(Path(r.history).stem for r in records.itertuples())  # tb/<run name>, as the history file's stem
+    assert sorted(p.name for p in (results / "tb").iterdir()) == runs
+    for rec in records.itertuples():
+        got = read_scalars(results / "tb" / Path(rec.history).stem)
+        assert [step for step, _ in got["val/acc"]] == [3, 6, 9]
+        assert {"val/loss", "train/loss", "train/acc", "lr", "test/loss"} <= set(got)
+        assert got["test/acc"] == [(9, pytest.approx(rec.test_acc, abs=1e-6))]
+
+
+def test_only_rank_0_writes_event_files(tmp_path, monkeypatch):
+    import harness.suite
+
+    monkeypatch.setattr(harness.suite, "is_main", lambda: False)  # as on rank 1 under torchrun
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            f"data_dir={tmp_path / 'data'}", "task_overrides.listops.variant=shallow",
+            "+task_overrides.listops.n_train=32", "+task_overrides.listops.n_val=16",
+            "+task_overrides.listops.n_test=16",
+            "+task_overrides.listops.progress=false", "train.epochs=1", "train.progress=false",
+            "++model_overrides.lstm.backbone.d_model=8"])
+    rec = run_one(cfg, "listops", "lstm", 0, tmp_path / "results")
+    assert rec.status == "ok" and not (tmp_path / "results" / "tb").exists()
 
 
 def test_report_draws_the_learning_curves(results):

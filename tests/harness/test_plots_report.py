@@ -1,6 +1,7 @@
 """Efficiency tables, figures and the results report, regenerated from records stored with the real writers."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -8,8 +9,8 @@ import pandas as pd
 import pytest
 
 from harness.efficiency import EfficiencyRecord, load_efficiency_records, write_efficiency_record
-from harness.plots import (efficiency_table, lra_average, plot_generation, plot_lra_chart, plot_memory_vs_length,
-                           plot_speed_vs_length)
+from harness.plots import (FAILED, _Failed, efficiency_table, lra_average, plot_generation, plot_lra_chart,
+                           plot_memory_vs_length, plot_speed_vs_length)
 from harness.records import RunRecord, load_records, write_record
 from harness.report import main, write_report
 
@@ -110,9 +111,40 @@ def test_report_has_every_section(results, tmp_path):
     assert "LRA paper (Tay et al., ICLR 2021) Table 2" in md and "TPU v3 4x4" in md   # published, with source
     assert "S4 paper (Gu, Goel & Ré, ICLR 2022) Table 3" in md and "1x A100" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md)
-    assert len(links) == 4
+    assert len(set(links)) == 4 and len(links) == 4 + 3  # the summary shows three of them again
     for link in links:
         assert not link.startswith("/") and _is_png(out.parent / link)
+
+
+def test_report_opens_with_a_summary(results, tmp_path):
+    md = write_report([results], tmp_path / "REPORT.md").read_text(encoding="utf-8")
+    sections = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert sections[:2] == ["Summary", "Reproduced vs published"]
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    assert "7 runs" in summary and "7 ok" in summary
+    assert "- **ListOps**: transformer, s4; seed 0" in summary and "- **Path-X**: s4; seed 0" in summary
+    assert "| s4 " in summary and "S4 (final) (published: S4 Table 4)" in summary   # the headline table
+    figures = re.findall(r"!\[([^\]]*)\]", summary)   # no learning curves here: speed, memory, then the LRA chart
+    assert [f.split("__")[0] for f in figures] == ["speed_vs_length", "memory_vs_length", "lra_chart"]
+    # these records say nothing about their configuration: none counts as the benchmark's
+    comparison = md.split("## Reproduced vs published")[1].split("\n## ")[0]
+    assert "No run here used the benchmark configuration" in comparison
+    assert "Path-X / s4: not the benchmark's data or length (task_info)" in comparison
+
+
+def test_failed_and_skipped_cells_are_marked(results, tmp_path):
+    eff = load_efficiency_records(results)
+    more = [_eff("s4", 256, status="error: RuntimeError: boom"),
+            _eff("transformer", 256, status="skipped: oom at L=128")]
+    eff = pd.concat([eff, pd.DataFrame([dataclasses.asdict(r) for r in more])], ignore_index=True)
+    failed = _Failed(("status",), FAILED)
+    table = efficiency_table(eff)
+    assert sorted(failed.status(r) for _, r in table[failed(table)].iterrows()) == ["error", "oom", "skipped"]
+    plot = plot_speed_vs_length(eff, tmp_path / "speed.png")
+    assert _is_png(plot.path) and "thin x: skipped" in plot.caption
+    gen = _Failed(("gen_status", "status"), FAILED)   # generation: a training cell that failed stopped it too
+    assert gen.status(pd.Series({"gen_status": "", "status": "over_budget"})) == "over_budget"
+    assert gen.status(pd.Series({"gen_status": "ok", "status": "ok"})) == "ok"
 
 
 def test_report_without_records(tmp_path):

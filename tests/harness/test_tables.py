@@ -226,3 +226,46 @@ def test_a_later_failed_attempt_never_hides_a_finished_result(tmp_path):
     only_failed = tmp_path / "other"
     write_record(failed, only_failed)
     assert latest_runs(load_records(only_failed)).status.tolist() == [failed.status]  # nothing finished: said
+
+
+def _bench(task, model, seed, acc, status="ok", info='{"benchmark": true}', recipe="lra", sources=None,
+           stopped_by="schedule"):
+    """A record in the published benchmark's configuration unless told otherwise."""
+    import json
+    return dataclasses.replace(_rec(task, model, seed, acc, status=status), task_info=info, stopped_by=stopped_by,
+                               config=json.dumps({"recipe": recipe}),
+                               config_sources=json.dumps(sources or {
+                                   "train.lr": "configs/recipes/lra/s4.yaml",
+                                   "train.progress": "command line: train.progress=false"}))
+
+
+def test_only_benchmark_configuration_runs_are_set_against_published_numbers(tmp_path):
+    from harness.tables import benchmark_reason, published_comparison
+
+    for rec in [_bench("listops", "s4", 0, 0.58), _bench("listops", "s4", 1, 0.60),          # compared: mean 59
+                _bench("text", "s4", 0, 0.80, info='{"benchmark": false}'),                   # a small variant
+                _bench("listops", "transformer", 0, 0.30, recipe=None),                       # no recipe
+                _bench("text", "transformer", 0, 0.60,
+                       sources={"train.epochs": "command line: train.epochs=1"}),             # shortened by hand
+                _bench("pathx", "s4", 0, 0.90, stopped_by="time_budget"),                     # cut by the clock
+                _bench("pathx", "transformer", 0, 0.52),                                      # published: fail
+                _bench("listops", "lstm", 0, 0.40)]:                                          # nothing published
+        write_record(rec, tmp_path)
+    records = load_records(tmp_path)
+    reasons = {(r.task, r.model, r.seed): benchmark_reason(r) for _, r in records.iterrows()}
+    assert reasons[("listops", "s4", 0)] == "" and reasons[("listops", "lstm", 0)] == ""
+    assert reasons[("text", "transformer", 0)] == "set on the command line: train.epochs"  # train.progress is harmless
+    compared, left_out = published_comparison(records)
+    rows = compared.set_index(["task", "model"])
+    assert list(rows.index) == [("listops", "s4"), ("pathx", "transformer")]
+    s4 = rows.loc[("listops", "s4")]
+    assert s4.n_seeds == 2 and s4.ours_pct == pytest.approx(59.0)
+    assert s4.std_pct == pytest.approx(statistics.stdev([58, 60]))
+    assert s4.delta_pp == pytest.approx(59.0 - s4.published_pct) and s4.source == "S4 Table 4"
+    fail = rows.loc[("pathx", "transformer")]
+    assert fail.published_status == "fail" and fail.delta_pp == pytest.approx(52.0 - 50.0)  # a fail counts 50
+    why = {(r.task, r.model): r.reason for r in left_out.itertuples()}
+    assert why == {("listops", "transformer"): "no published recipe",
+                   ("text", "s4"): "not the benchmark's data or length (task_info)",
+                   ("text", "transformer"): "set on the command line: train.epochs",
+                   ("pathx", "s4"): "cut short by time_budget_s"}
