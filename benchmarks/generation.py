@@ -88,7 +88,7 @@ def measure_cell(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from core.env import resolve_device
-    from harness.efficiency import generation_model, generation_rate
+    from harness.efficiency_cell import generation_model, generation_rate
     from models.registry import kernel_backends
 
     if job.get("threads"):

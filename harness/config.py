@@ -38,6 +38,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from core.configs import CONFIGS, config_exists, hydra_context, read_config, task_options
+from core.registry import check_names
 
 __all__ = ["CONFIGS", "Run", "check_command_line", "suite_lists", "read_config", "config_exists", "command_line", "recipe_layers", "resolve_run",
            "resolve_run_config", "task_options", "efficiency_layer", "compose_config"]
@@ -451,11 +452,13 @@ def resolve_run(cfg: DictConfig, task: str, model: str, seed: int = 0, *, causal
                           for k in stray)
         raise TypeError(f"unknown model setting(s) {', '.join(map(repr, stray))}; a model block has "
                         f"{', '.join(MODEL_KEYS)} (and task, train) ({where})")
-    bad = sorted(set(config["train"]) - {f.name for f in fields(TrainConfig)})
-    if bad:
-        where = "; ".join(f"{b!r} from {sources.get('train.' + b, '?')}" for b in bad)
-        raise TypeError(f"unknown train option(s) {', '.join(map(repr, bad))}; accepted: "
-                        f"{', '.join(f.name for f in fields(TrainConfig))} ({where})")
+    accepted = [f.name for f in fields(TrainConfig)]
+    try:
+        check_names(config["train"], accepted, "train")
+    except TypeError as exc:  # and where each unknown name was set
+        unknown = sorted(set(config["train"]) - set(accepted))
+        where = "; ".join(f"{b!r} from {sources.get('train.' + b, '?')}" for b in unknown)
+        raise TypeError(f"{exc} ({where})") from None
     _check_values(config, sources)
     return Run(task=task, model=model, seed=int(seed), config=config, sources=dict(sorted(sources.items())))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 import uuid
 import warnings
@@ -22,6 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.files import write_atomic
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -149,3 +152,67 @@ if __name__ == "__main__":
             parser.exit(2, f"error: no records under {folder} (expected {records_dir(folder)}/*.parquet)\n")
         path = consolidate(folder)
         print(f"{path}: {pq.read_metadata(path).num_rows} records")
+
+
+# -- the identity of a run -----------------------------------------------------------------------------------------
+UNHASHED_TRAIN_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_every_s")
+
+
+def run_hash(run_cfg: dict) -> str:
+    """The identity of a run's experiment: the hash of its resolved config without the settings that cannot change
+    its results (progress bars, checkpoint intervals, where the data folder is mounted)."""
+    train = {k: v for k, v in run_cfg["train"].items() if k not in UNHASHED_TRAIN_KEYS}
+    hashed = {**{k: v for k, v in run_cfg.items() if k != "data_dir"}, "train": train}
+    options = run_cfg["task"]["options"]
+    if "auto" in (options.get("variant"), options.get("source")):  # the data it resolves to is part of the experiment:
+        from tasks import data_source  # a run on generated data is not finished by a run on the release, nor resumed
+
+        picked = data_source(run_cfg["task"]["name"], run_cfg["data_dir"], **options)
+        hashed["data_source"] = picked[0] if picked else None
+    return config_hash(hashed)
+
+
+# -- storing records as a suite produces them --------------------------------------------------------------------
+class RecordsNotWritten(OSError):
+    """Runs finished but their records could not be stored (a full disk, ``records/`` not a folder): ``records``
+    holds them, to be printed so that nothing is lost."""
+
+    def __init__(self, records: list[RunRecord], results_dir: Path):
+        self.records = records
+        super().__init__(f"{len(records)} record(s) could not be written under {records_dir(results_dir)}; "
+                         f"they follow as JSON lines on standard output")
+
+
+RECORD_RETRIES, RECORD_RETRY_WAIT_S = 3, 1.0  # a record write is tried 3 times, 1 s then 2 s apart
+
+
+class RecordStore:
+    """Writes records as they come; one that cannot be written (full disk) is kept in memory, retried with every
+    later write and once more at the end, and handed back by ``unwritten``."""
+
+    def __init__(self, results_dir: Path):
+        self.results_dir = results_dir
+        self.pending: list[RunRecord] = []
+
+    def add(self, rec: RunRecord) -> Path | None:
+        """Store ``rec`` (and any earlier record still pending); the path written, or None when it is pending."""
+        self.pending.append(rec)
+        written = self.flush()
+        return written.get(id(rec))
+
+    def flush(self) -> dict[int, Path]:
+        written = {}
+        for rec in list(self.pending):
+            for attempt in range(RECORD_RETRIES):
+                try:
+                    written[id(rec)] = write_record(rec, self.results_dir)
+                    self.pending.remove(rec)
+                    break
+                except OSError as exc:
+                    if attempt + 1 < RECORD_RETRIES:
+                        time.sleep(RECORD_RETRY_WAIT_S * 2 ** attempt)
+                        continue
+                    log.error("record of %s / %s / seed %d NOT written (%s); kept in memory, retried with the next "
+                              "record and at the end, printed as JSON if it still cannot be written",
+                              rec.task, rec.model, rec.seed, exc)
+        return written

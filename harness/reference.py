@@ -13,7 +13,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["published_accuracy", "published_efficiency", "display_names", "short_source"]
+__all__ = ["published_accuracy", "published_efficiency", "short_source"]
 
 
 def _read(name: str, **kw) -> pd.DataFrame:
@@ -50,12 +50,6 @@ def _efficiency() -> pd.DataFrame:
 def published_efficiency() -> pd.DataFrame:
     """Published speed/memory facts, long format: model, registry_name, metric, length, dim, value, unit, ..."""
     return _efficiency().copy()
-
-
-def display_names(registry_name: str, include_unverified: bool = True) -> list[str]:
-    """Published display name(s) for one of our registry names, e.g. ``"s4" -> ["S4 (final)"]``; [] if none."""
-    df = published_accuracy(include_unverified)
-    return list(dict.fromkeys(df.loc[df["registry_name"] == registry_name, "model"]))
 
 
 def short_source(source: str) -> str:

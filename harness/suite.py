@@ -8,28 +8,27 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 import traceback
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import models  # noqa: F401  (registers the layers)
 import tasks  # noqa: F401  (registers the tasks)
 from harness.checkpoint import Checkpointer, RunLock
 from harness.config import COMMAND_LINE, check_command_line, resolve_run, resolve_run_config, suite_lists
 from harness.distributed import barrier, broadcast, init_from_env, is_main, local_device, rank_world, shutdown
-from harness.efficiency import EfficiencyConfig, run_efficiency
+from harness.efficiency import efficiency_settings, run_efficiency
 from core.env import device_name, git_commit, resolve_device
 from harness.history import History
 from harness.loggers import build_loggers
 from harness.measure import is_oom
 from core.files import write_atomic
-from harness.records import RunRecord, config_hash, load_records, records_dir, write_record
+from harness.records import RecordsNotWritten, RecordStore, RunRecord, load_records, run_hash
 from harness.report import write_report
 from harness.tables import write_tables
 from harness.train import TrainConfig, fit
@@ -46,21 +45,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_hash(run_cfg: dict) -> str:
-    """The identity of a run's experiment: the hash of its resolved config without the settings that cannot change
-    its results (progress bars, checkpoint intervals, where the data folder is mounted)."""
-    train = {k: v for k, v in run_cfg["train"].items() if k not in UNHASHED_TRAIN_KEYS}
-    hashed = {**{k: v for k, v in run_cfg.items() if k != "data_dir"}, "train": train}
-    options = run_cfg["task"]["options"]
-    if "auto" in (options.get("variant"), options.get("source")):  # the data it resolves to is part of the experiment:
-        from tasks import data_source  # a run on generated data is not finished by a run on the release, nor resumed
-
-        picked = data_source(run_cfg["task"]["name"], run_cfg["data_dir"], **options)
-        hashed["data_source"] = picked[0] if picked else None
-    return config_hash(hashed)
-
-
-UNHASHED_TRAIN_KEYS = ("progress", "checkpoint_every_steps", "checkpoint_every_s")
 FINISHED = ("ok", "diverged")  # outcomes a restart keeps; oom / error / skipped runs are tried again
 
 
@@ -184,16 +168,6 @@ class SuiteError(Exception):
     """The suite cannot start as asked (a bad command-line value, an unwritable results folder): nothing ran."""
 
 
-class RecordsNotWritten(OSError):
-    """Runs finished but their records could not be stored (a full disk, ``records/`` not a folder): ``records``
-    holds them, to be printed so that nothing is lost."""
-
-    def __init__(self, records: list[RunRecord], results_dir: Path):
-        self.records = records
-        super().__init__(f"{len(records)} record(s) could not be written under {records_dir(results_dir)}; "
-                         f"they follow as JSON lines on standard output")
-
-
 def _check_results_dir(results_dir: Path) -> None:
     """Refuse a results folder that cannot be created or written (``results_dir=/proc/x``) before anything runs."""
     try:
@@ -221,41 +195,6 @@ def _check_plans(cfg: DictConfig) -> None:
                   plan["seed"], plan["error"])
 
 
-RECORD_RETRIES, RECORD_RETRY_WAIT_S = 3, 1.0  # a record write is tried 3 times, 1 s then 2 s apart
-
-
-class _RecordStore:
-    """Writes records as they come; one that cannot be written (full disk) is kept in memory, retried with every
-    later write and once more at the end, and handed back by ``unwritten``."""
-
-    def __init__(self, results_dir: Path):
-        self.results_dir = results_dir
-        self.pending: list[RunRecord] = []
-
-    def add(self, rec: RunRecord) -> Path | None:
-        """Store ``rec`` (and any earlier record still pending); the path written, or None when it is pending."""
-        self.pending.append(rec)
-        written = self.flush()
-        return written.get(id(rec))
-
-    def flush(self) -> dict[int, Path]:
-        written = {}
-        for rec in list(self.pending):
-            for attempt in range(RECORD_RETRIES):
-                try:
-                    written[id(rec)] = write_record(rec, self.results_dir)
-                    self.pending.remove(rec)
-                    break
-                except OSError as exc:
-                    if attempt + 1 < RECORD_RETRIES:
-                        time.sleep(RECORD_RETRY_WAIT_S * 2 ** attempt)
-                        continue
-                    log.error("record of %s / %s / seed %d NOT written (%s); kept in memory, retried with the next "
-                              "record and at the end, printed as JSON if it still cannot be written",
-                              rec.task, rec.model, rec.seed, exc)
-        return written
-
-
 def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     """Run every (task, model, seed) of the suite, storing each record as soon as it exists; then write the tables,
     run the suite's efficiency sweep if it has one, and write its REPORT.md (tables, plots) from the stored records.
@@ -276,7 +215,7 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     _check_plans(cfg)  # and so do a misspelt name or a nonsense value on the command line
     if is_main():
         _check_results_dir(results_dir)
-    store = _RecordStore(results_dir)
+    store = RecordStore(results_dir)
     distributed = init_from_env(str(cfg.device))
     if not is_main():
         logging.getLogger().setLevel(logging.WARNING)
@@ -332,23 +271,4 @@ def run_suite(cfg: DictConfig) -> tuple[list[RunRecord], dict[str, Path]]:
     return records, paths
 
 
-def efficiency_settings(cfg: DictConfig) -> tuple[EfficiencyConfig | None, list[str]]:
-    """The suite's ``efficiency:`` block as an EfficiencyConfig (None when the suite has none) and its models."""
-    block = cfg.get("efficiency")
-    if not block:
-        return None, []
-    block = OmegaConf.to_container(block, resolve=True)
-    accepted = [f.name for f in fields(EfficiencyConfig)]
-    bad = sorted(set(block) - set(accepted))
-    if bad:
-        raise TypeError(f"unknown efficiency option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(accepted)}")
-    block.setdefault("device", str(cfg.device))
-    eff = EfficiencyConfig(**block)
-    models = list(eff.models or suite_lists(cfg, warn=False)[1])
-    unknown = sorted(set(models) - set(list_layers()))
-    if unknown:
-        raise KeyError(f"efficiency: unknown model(s) {', '.join(unknown)}; known: {', '.join(list_layers())}")
-    return eff, models
-
-
-__all__ = ["RecordsNotWritten", "SuiteError", "checkpoint_path", "efficiency_settings", "plan_runs", "resolve_run_config", "run_hash", "run_one", "run_suite"]
+__all__ = ["RecordsNotWritten", "SuiteError", "checkpoint_path", "plan_runs", "resolve_run_config", "run_hash", "run_one", "run_suite"]

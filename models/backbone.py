@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from core.registry import check_ranges, check_types
+from core.registry import check_names, check_ranges, check_types
+from models.params import hint
 from models.registry import build_layer
 
 
@@ -307,7 +308,7 @@ class SequenceModel(nn.Module):
             self.head = nn.Linear(d, n_classes)
         if cfg.decay_io:  # hints read by harness/optim.py: the main weight decay, whatever the parameter's kind
             for p in [*self.encoder.parameters(), *self.head.parameters()]:
-                p._optim = {"weight_decay": "main"}
+                hint(p, weight_decay="main")
 
     def features(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, L) ids or (B, L, D) values -> (B, L, H) after the last block and the final norm (padding zeroed)."""
@@ -362,9 +363,6 @@ class SequenceModel(nn.Module):
 
 def build_model(layer: str, spec: Any, backbone: dict[str, Any] | None = None, layer_kw: dict[str, Any] | None = None) -> SequenceModel:
     """A SequenceModel for a task spec (tasks.registry.TaskSpec), with backbone and layer options from config."""
-    fields = BackboneConfig.__dataclass_fields__
-    bad = sorted(set(backbone or {}) - set(fields))
-    if bad:
-        raise TypeError(f"unknown backbone option(s) {', '.join(map(repr, bad))}; accepted: {', '.join(fields)}")
+    check_names(backbone or {}, BackboneConfig.__dataclass_fields__, "backbone")
     return SequenceModel(layer, spec.n_classes, spec.l_max, spec.vocab_size, spec.d_input, spec.dual_input,
                          BackboneConfig(**(backbone or {})), layer_kw)

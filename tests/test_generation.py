@@ -7,12 +7,8 @@ import pandas as pd
 import torch
 
 from benchmarks.generation import GenerationRecord, main, ratio_table
-from harness.efficiency import (
-    EfficiencyConfig,
-    cell_settings,
-    generation_model,
-    generation_rate,
-)
+from harness.efficiency import EfficiencyConfig, cell_settings
+from harness.efficiency_cell import generation_model, generation_rate
 
 
 def test_tiny_benchmark_writes_records_table_and_plot(tmp_path):

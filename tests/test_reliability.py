@@ -277,9 +277,9 @@ def test_records_folder_that_is_a_file_loses_no_run(tmp_path, data_dir):
 
 
 def test_a_record_write_that_fails_is_retried_with_the_next_one(case, monkeypatch, caplog):
-    import harness.suite
+    import harness.records
 
-    real, calls = harness.suite.write_record, []
+    real, calls = harness.records.write_record, []
 
     def flaky(rec, results_dir):  # the disk is full for the first record's three attempts, then has room again
         calls.append(rec.model)
@@ -287,8 +287,8 @@ def test_a_record_write_that_fails_is_retried_with_the_next_one(case, monkeypatc
             raise OSError(28, "No space left on device")
         return real(rec, results_dir)
 
-    monkeypatch.setattr(harness.suite, "write_record", flaky)
-    monkeypatch.setattr(harness.suite, "RECORD_RETRY_WAIT_S", 0.01)
+    monkeypatch.setattr(harness.records, "write_record", flaky)
+    monkeypatch.setattr(harness.records, "RECORD_RETRY_WAIT_S", 0.01)
     got = case.run("models=[lstm,transformer]")
     assert calls == ["lstm"] * 4 + ["transformer"] and got["lstm"].ok
     df = load_records(case.results)

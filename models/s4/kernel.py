@@ -28,13 +28,9 @@ import torch
 from torch import nn
 
 from models.s4.hippo import diag_init, nplr_legs, random_nplr
+from models.params import complex_param, hint
 from models.precision import autocast_off
 from models.s4.kernels import cauchy_conj, resolve_backend, vandermonde
-
-
-def _cparam(t: torch.Tensor) -> nn.Parameter:
-    """A complex tensor stored as a real (..., 2) parameter (optimizers and checkpoints see real numbers)."""
-    return nn.Parameter(torch.view_as_real(t.to(torch.complex64)).clone())
 
 
 def _ssm_param(module: nn.Module, name: str, value: torch.Tensor, lr: float | None) -> None:
@@ -47,10 +43,7 @@ def _hinted_param(module: nn.Module, name: str, value: torch.Tensor, lr: float |
     """Register ``name`` with the hint {"lr": lr, "weight_decay": weight_decay}, leaving out the keys that are None
     (the optimizer's main value then applies) and the hint itself when both are."""
     p = value if isinstance(value, nn.Parameter) else nn.Parameter(value)
-    hint = {k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
-    if hint:
-        p._optim = hint
-    module.register_parameter(name, p)
+    module.register_parameter(name, hint(p, lr=lr, weight_decay=weight_decay))
 
 
 def _lr_choice(spec: float | str, lr: float | None, what: str) -> float | None:
@@ -149,12 +142,12 @@ class NPLRKernel(_SSMKernel):
         rep = lambda t: t.to(torch.complex64).expand(k, -1).clone()  # (K, N/2)
         _ssm_param(self, "log_neg_re", torch.log(-lam.real).float().expand(k, -1).clone(), lr)  # Re Λ = -exp
         _ssm_param(self, "im", lam.imag.float().expand(k, -1).clone(), lr)
-        _ssm_param(self, "P", _cparam(rep(p)), lr)
-        _ssm_param(self, "B", _cparam(rep(b)), lr)
+        _ssm_param(self, "P", complex_param(rep(p)), lr)
+        _ssm_param(self, "B", complex_param(rep(b)), lr)
         c = torch.randn(channels, d_model, d_state // 2, dtype=torch.complex64)  # Z ~ CN(0, 1)
         if c_init == "upstream":
             c = self._c_tilde(c)
-        _hinted_param(self, "C", _cparam(c), c_hint, None)
+        _hinted_param(self, "C", complex_param(c), c_hint, None)
 
     def _ssm(self):
         """(dt (H,), Λ, P, B (H, N/2)) per channel."""
@@ -244,9 +237,9 @@ class DiagKernel(_SSMKernel):
         k = self.n_ssm
         _ssm_param(self, "log_neg_re", torch.log(-a.real).float().expand(k, -1).clone(), lr)
         _ssm_param(self, "im", a.imag.float().expand(k, -1).clone(), lr)
-        _ssm_param(self, "B", _cparam(torch.ones(k, d_state // 2, dtype=torch.complex64)), lr)
+        _ssm_param(self, "B", complex_param(torch.ones(k, d_state // 2, dtype=torch.complex64)), lr)
         c = torch.randn(channels, d_model, d_state // 2, dtype=torch.complex64)
-        _hinted_param(self, "C", _cparam(c), c_hint, None)
+        _hinted_param(self, "C", complex_param(c), c_hint, None)
 
     def _discrete(self, dt, a, b):
         """(log Ā, B̄) per pair: ZOH Ā = exp(ΔA), B̄ = (Ā - 1)/A B; bilinear Ā = (1+ΔA/2)/(1-ΔA/2), B̄ = ΔB/(1-ΔA/2)."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbone import TiedDropout  # one mask per (example, channel), as the residual's
+from models.params import hint
 from models.precision import at_least_float32, autocast_off, float32_backward
 from models.registry import register_layer
 from models.s4.kernel import DiagKernel, NPLRKernel
@@ -71,7 +72,7 @@ class S4Layer(nn.Module):
         self.kernel, self.bidirectional = kernel, bidirectional
         self.D = nn.Parameter(torch.randn(d_model))
         if decay_d:  # a 1-D parameter gets no weight decay by default (harness/optim.py); the S4 code decays D
-            self.D._optim = {"weight_decay": "main"}
+            hint(self.D, weight_decay="main")
         if dropout > 0:
             self.drop = TiedDropout(dropout) if tie_dropout else nn.Dropout(dropout)
         else:

@@ -62,7 +62,8 @@ def test_misspelt_efficiency_option_is_named(tmp_path):
 def test_record_names_the_attention_kernel_of_the_training_step(attn_dropout, cpu_kernel):
     import torch
 
-    from harness.efficiency import cell_settings, measure_cell
+    from harness.efficiency import cell_settings
+    from harness.efficiency_cell import measure_cell
 
     cfg = EfficiencyConfig(lengths=[32], batch_size=2, d_model=16, n_layers=1, warmup=1, repeats=1, gen_max_len=4,
                            attn_dropout=attn_dropout, device="cpu")

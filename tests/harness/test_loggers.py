@@ -11,8 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from harness.config import compose_config, resolve_run_config
 from harness.history import History
-from harness.loggers import LoggerUnavailable, TensorBoardLogger, WandbLogger, build_loggers, logger_names
-from harness.suite import SuiteError, plan_runs, run_hash, run_suite
+from harness.loggers import TensorBoardLogger, WandbLogger, build_loggers, logger_names
+from harness.records import run_hash
+from harness.suite import SuiteError, plan_runs, run_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
