@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from harness import plots
+from harness import lra_chart, plots
 from harness.curves import load_curves, plot_learning_curves
 from harness.efficiency import EfficiencyRecord, efficiency_dir, load_efficiency_records
 from harness.records import RunRecord, load_records, records_dir
@@ -141,7 +141,7 @@ def _efficiency_section(eff: pd.DataFrame, acc: pd.DataFrame, out_dir: Path) -> 
         if not gen.empty:
             figures.append(plots.plot_generation(eff, out_dir / "plots" / f"generation__{slug}.png", device, setup))
         if dev["speed_vs_transformer"].notna().any():
-            figures.append(plots.plot_lra_chart(eff, acc, out_dir / "plots" / f"lra_chart__{slug}.png",
+            figures.append(lra_chart.plot_lra_chart(eff, acc, out_dir / "plots" / f"lra_chart__{slug}.png",
                                                 device_name=device, setup=setup))
         lines += ["#### Figures", ""]
         for plot in figures:

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from harness.efficiency import EfficiencyRecord, load_efficiency_records, write_efficiency_record
-from harness.plots import (FAILED, _Failed, efficiency_table, lra_average, plot_generation, plot_lra_chart,
-                           plot_memory_vs_length, plot_speed_vs_length)
+from harness.lra_chart import lra_average, plot_lra_chart
+from harness.plots import (FAILED, _Failed, efficiency_table, plot_generation, plot_memory_vs_length,
+                           plot_speed_vs_length)
 from harness.records import RunRecord, load_records, write_record
 from harness.report import main, write_report
 
