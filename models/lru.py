@@ -34,7 +34,7 @@ from torch import nn
 
 from models.precision import at_least_float32, autocast_off
 from models.registry import register_layer
-from models.scan import complex_in, real_out, scan
+from models.scan import complex_in, complex_in_matrix, diagonal_step, real_out, real_out_matrix, scan
 
 
 def ring_init(n: int, r_min: float, r_max: float, max_phase: float, channels: int = 1
@@ -91,7 +91,8 @@ class LRULayer(nn.Module):
             return y
 
     def _act(self, y: torch.Tensor) -> torch.Tensor:
-        return F.glu(self.out(self.drop(F.gelu(y))), dim=-1)
+        z = F.gelu(y)
+        return F.glu(self.out(self.drop(z) if self.training else z), dim=-1)  # eval: no module call (step's cost)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, H) -> (B, L, H); padded positions (mask False) are zeroed first, so nothing leaks from them."""
@@ -100,20 +101,20 @@ class LRULayer(nn.Module):
     # -- recurrent mode ---------------------------------------------------------------------------------
     @torch.no_grad()
     def default_state(self, batch_size: int) -> torch.Tensor:
-        """Zero state (B, N) complex; also (re)builds Λ, γ B, C from the current parameters."""
+        """Zero state (B, N) complex; also (re)builds Λ and the real matrices of γ B and C that ``step`` uses, from
+        the current parameters (re-run it after they change)."""
         if self.bidirectional:
             raise ValueError("step mode needs a causal layer: build it with bidirectional=False")
         lam, b, c = self.recurrence()
-        self._step_mats = (lam[0], b[0], c[0])
+        self._step_mats = (lam[0], complex_in_matrix(b[0]), real_out_matrix(c[0]))
         return torch.zeros(batch_size, self.n, dtype=lam.dtype, device=lam.device)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One position: x_t (B, H) -> y_t (B, H), with state (B, N) from ``default_state`` or a previous step."""
         if self._step_mats is None:
             raise RuntimeError("call default_state(batch_size) before step()")
-        lam, b, c = self._step_mats
-        state = lam * state + complex_in(x_t, b)        # (B, N)
-        return self._act(real_out(state, c) + self.D * x_t), state
+        y, state = diagonal_step(x_t, state, *self._step_mats, self.D)
+        return self._act(y), state
 
 
 @register_layer("lru")

@@ -48,7 +48,7 @@ from models.backbone import TiedDropout  # one mask per (example, channel), as t
 from models.precision import at_least_float32, autocast_off
 from models.registry import register_layer
 from models.s4.hippo import hippo_legs, nplr_legs
-from models.scan import complex_in, real_out, scan
+from models.scan import complex_in, complex_in_matrix, diagonal_step, real_out, real_out_matrix, scan
 
 ACTIVATIONS = ("gelu", "full_glu", "half_glu1", "half_glu2")
 C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
@@ -183,7 +183,8 @@ class S5Layer(nn.Module):
 
     def _act(self, y: torch.Tensor) -> torch.Tensor:
         """S5's activations (code ``layers.py``) over the last dim; the backbone adds the residual and its dropout."""
-        z = self.drop(F.gelu(y, approximate=self.gelu_approximate))
+        z = F.gelu(y, approximate=self.gelu_approximate)
+        z = self.drop(z) if self.training else z        # (eval: skip the module call, a step's overhead)
         if self.activation == "gelu":
             return z
         if self.activation == "full_glu":
@@ -199,20 +200,20 @@ class S5Layer(nn.Module):
     # -- recurrent mode ---------------------------------------------------------------------------------
     @torch.no_grad()
     def default_state(self, batch_size: int) -> torch.Tensor:
-        """Zero state (B, P/2) complex; also (re)builds Λ̄, B̄, C̃ from the current parameters."""
+        """Zero state (B, P/2) complex; also (re)builds Λ̄ and the real matrices of B̄ and 2 C̃ that ``step`` uses,
+        from the current parameters (re-run it after they change)."""
         if self.bidirectional:
             raise ValueError("step mode needs a causal layer: build it with bidirectional=False")
         abar, bbar = self.discrete()
-        self._step_mats = (abar, bbar, 2 * torch.view_as_complex(self.C)[0])
+        self._step_mats = (abar, complex_in_matrix(bbar), real_out_matrix(2 * torch.view_as_complex(self.C)[0]))
         return torch.zeros(batch_size, self.p // 2, dtype=abar.dtype, device=abar.device)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One position: x_t (B, H) -> y_t (B, H), with state (B, P/2) from ``default_state`` or a previous step."""
         if self._step_mats is None:
             raise RuntimeError("call default_state(batch_size) before step()")
-        abar, bbar, c = self._step_mats
-        state = abar * state + complex_in(x_t, bbar)     # (B, P/2)
-        return self._act(real_out(state, c) + self.D * x_t), state
+        y, state = diagonal_step(x_t, state, *self._step_mats, self.D)
+        return self._act(y), state
 
 
 @register_layer("s5")

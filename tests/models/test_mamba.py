@@ -1,5 +1,7 @@
-"""Mamba: the parallel scan against the sequential definition, the layer against a float64 re-computation of the
-block, step mode, padding (both directions), initialisation, errors and the config file."""
+"""Mamba: the chunked and parallel scans against the sequential definition (values and gradients, float64, and the
+float32 error against float64 truth), the chunked scan's memory, the layer against a float64 re-computation of the
+block, the two plain-torch backends against each other with padding, step mode, padding (both directions),
+initialisation, errors and the config file."""
 import importlib.util
 import inspect
 import math
@@ -12,9 +14,12 @@ import yaml
 
 import models  # noqa: F401  (registers the existing layers)
 import models.mamba  # noqa: F401  (registers mamba)
+import models.scan
 from harness.optim import param_groups
-from models.mamba import selective_scan_parallel, selective_scan_ref
+from models.mamba import resolve_backend
 from models.registry import build_layer
+from models.scan import selective_scan_chunked, selective_scan_parallel, selective_scan_ref
+from steps import stepped  # tests/models/steps.py (its folder is on sys.path under pytest)
 
 F64 = torch.float64
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "model" / "mamba.yaml"
@@ -31,18 +36,78 @@ def scan_inputs(length, batch=2, e=3, n=4, dtype=F64, device="cpu", seed=0):
     return [t.to(device) for t in (u, delta, a, b, c, d)]
 
 
+def chunked(chunk):
+    def run(*args):
+        return selective_scan_chunked(*args, chunk=chunk)
+    run.__name__ = f"chunked{chunk}"
+    return run
+
+
+SCANS = [selective_scan_parallel, chunked(1), chunked(3), chunked(16), chunked(64), selective_scan_chunked]
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["", "gated"])
+@pytest.mark.parametrize("scan", SCANS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("length", [1, 5, 64, 100])
-def test_parallel_scan_equals_sequential_definition(length):
-    args = [t.requires_grad_() for t in scan_inputs(length)]
+def test_scan_equals_sequential_definition(scan, length, gated):
+    """Chunks of 3 and 64 do not divide 64 or 100 (a short last chunk); 64 > 5 (one short chunk)."""
+    args = scan_inputs(length)
+    if gated:
+        args.append(torch.randn(2, 3, length, dtype=F64, generator=torch.Generator().manual_seed(2)))  # z
+    args = [t.requires_grad_() for t in args]
     grad_out = torch.randn(2, 3, length, dtype=F64, generator=torch.Generator().manual_seed(1))
     results = []
-    for scan in (selective_scan_ref, selective_scan_parallel):
-        y = scan(*args)
+    for fn in (selective_scan_ref, scan):
+        y = fn(*args)
         # at L = 1 the parallel scan never touches A (h_0 = Bbar_0 u_0): its gradient is a materialised zero
         results.append((y, *torch.autograd.grad(y, args, grad_out, allow_unused=True, materialize_grads=True)))
     # float64, the same recurrence associated differently: rounding only (~1e-15 relative)
-    for name, got, want in zip(("y", "u", "delta", "A", "B", "C", "D"), results[1], results[0]):
+    for name, got, want in zip(("y", "u", "delta", "A", "B", "C", "D", "z"), results[1], results[0]):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10, msg=f"d{name}" if name != "y" else "y")
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["", "gated"])
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_chunked_scan_gradcheck(chunk, gated):
+    """Finite differences against the hand-written backward (L = 9: chunks of 4 and 7 leave a short last one)."""
+    args = scan_inputs(9, batch=2, e=2, n=3, seed=2)
+    z = torch.randn(2, 2, 9, dtype=F64, requires_grad=True) if gated else None
+    args = [t.requires_grad_() for t in args] + ([z] if gated else [])
+    assert torch.autograd.gradcheck(lambda *a: selective_scan_chunked(*a, chunk=chunk), args)
+
+
+def test_chunked_scan_float32_error_is_the_references():
+    """float32 against float64 truth at an odd length: no worse than twice what the float32 definition gets wrong."""
+    args32 = scan_inputs(1047, batch=2, e=16, n=16, dtype=torch.float32)
+    truth = selective_scan_ref(*[t.double() for t in args32])
+    err = lambda y: ((y.double() - truth).abs().max() / truth.abs().max()).item()  # noqa: E731
+    ref_err = err(selective_scan_ref(*args32))
+    assert 0 < ref_err < 1e-5                            # float32 rounding, not zero: the comparison can fail
+    # a few ulps of |y| ~ 1 on top of the reference's own error
+    assert err(selective_scan_chunked(*args32, chunk=100)) <= 2 * ref_err + 1e-6
+
+
+def saved_elements(fn, args) -> int:
+    """Elements of the tensors autograd keeps for the backward while ``fn(*args)`` runs."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.data_ptr(), t.shape)] = t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return sum(seen.values())
+
+
+def test_chunked_scan_keeps_inputs_and_chunk_states_only():
+    batch, e, n, length, chunk = 2, 8, 16, 256, 32
+    args = [t.float().requires_grad_() for t in scan_inputs(length, batch=batch, e=e, n=n)]
+    one_state_tensor = batch * e * length * n            # one (B, E, L, N) tensor
+    inputs = 2 * batch * e * length + 2 * batch * n * length + e * n + e
+    assert saved_elements(lambda *a: selective_scan_chunked(*a, chunk=chunk), args) == (
+        inputs + length // chunk * batch * e * n)        # plus each chunk's initial state (B, E, N)
+    assert saved_elements(selective_scan_parallel, args) > 2 * one_state_tensor  # what the chunked scan avoids
 
 
 @pytest.mark.requires_cuda
@@ -94,17 +159,56 @@ def test_layer_equals_block_definition(bidirectional):
 def test_step_mode_equals_forward(d_conv):
     torch.manual_seed(0)
     layer = build_layer("mamba", d_model=8, l_max=64, d_state=16, d_conv=d_conv).eval()
-    x = torch.randn(2, 50, 8)
-    with torch.no_grad():
+    with torch.no_grad():  # a larger Delta, so that the state carries over many steps and errors could build up
+        layer.fwd.dt_proj.bias.add_(2.0)
+    x = torch.randn(3, 50, 8)
+    with torch.inference_mode():
         y = layer(x)
-        state = layer.default_state(2)
-        assert state[0].shape == (2, 16, d_conv - 1) and state[1].shape == (2, 16, 16)
-        steps = []
-        for t in range(50):
-            y_t, state = layer.step(x[:, t], state)
-            steps.append(y_t)
-    # float32 parallel scan vs float32 recurrence: a few ulps of |y| <= 1
-    torch.testing.assert_close(torch.stack(steps, 1), y, atol=1e-5, rtol=1e-5)
+        state = layer.default_state(3)
+        assert state[0].shape == (3, 16, d_conv - 1) and state[1].shape == (3, 16, 16)
+        steps = stepped(layer, x)
+    # float32 chunked scan vs float32 recurrence: a few ulps of |y| <= 1
+    torch.testing.assert_close(steps, y, atol=1e-5, rtol=1e-5)
+    layer.double()
+    with torch.inference_mode():
+        # float64: the fused selection projection (dt_proj folded into x_proj) reassociates sums only
+        torch.testing.assert_close(stepped(layer, x.double()), layer(x.double()), atol=1e-12, rtol=1e-12)
+
+
+def test_step_needs_default_state_and_follows_parameter_changes():
+    layer = build_layer("mamba", d_model=8, l_max=16, d_state=4)
+    with pytest.raises(RuntimeError, match="default_state"):
+        layer.step(torch.zeros(1, 8), None)
+    x = torch.randn(2, 6, 8)
+    with torch.no_grad():
+        layer.fwd.A_log.add_(0.5)
+        layer.fwd.dt_proj.weight.mul_(2)
+        torch.testing.assert_close(stepped(layer, x), layer(x), atol=1e-5, rtol=1e-5)  # float32, as above
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_plain_torch_backends_agree_with_padding(bidirectional, monkeypatch):
+    """The whole layer (mask, both directions) by the chunked and the parallel scan, values and gradients, float64."""
+    torch.manual_seed(0)
+    layer = build_layer("mamba", d_model=6, l_max=64, d_state=4, bidirectional=bidirectional).double()
+    x = torch.randn(3, 37, 6, dtype=F64)
+    mask = torch.arange(37)[None] < torch.tensor([[37], [20], [1]])
+    results = []
+    for backend, chunk in (("parallel", None), ("chunked", 5), ("chunked", None)):
+        for mx in filter(None, (layer.fwd, layer.bwd)):
+            mx.backend = backend
+        if chunk:  # chunks of 5 positions at B 3, E 12, N 4 (5 does not divide 37); then the default (all 37)
+            monkeypatch.setattr(models.scan, "CHUNK_ELEMENTS", chunk * 3 * 12 * 4)
+        else:
+            monkeypatch.undo()
+        layer.zero_grad()
+        y = layer(x, mask)
+        y.square().sum().backward()
+        assert layer.kernel_backend == backend
+        results.append([y.detach()] + [p.grad.clone() for p in layer.parameters()])
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)  # float64 reassociation
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -154,7 +258,7 @@ def test_initialisation():
 
 
 def test_errors_are_clear():
-    with pytest.raises(ValueError, match="unknown mamba backend 'cuda'; known: auto, ref, mamba_ssm"):
+    with pytest.raises(ValueError, match="unknown mamba backend 'cuda'; known: auto, chunked, parallel, mamba_ssm"):
         build_layer("mamba", d_model=8, l_max=16, backend="cuda")
     bi = build_layer("mamba", d_model=8, l_max=16, bidirectional=True)
     with pytest.raises(ValueError, match="step mode needs a causal layer"):
@@ -165,6 +269,13 @@ def test_errors_are_clear():
         build_layer("mamba", d_model=8, l_max=16, dt_min=0.1, dt_max=0.01)
     with pytest.raises(ValueError, match="dt_rank must be a positive int or 'auto'"):
         build_layer("mamba", d_model=8, l_max=16, dt_rank="full")
+
+
+def test_auto_backend_without_mamba_ssm_is_chunked():
+    assert resolve_backend("auto", "cpu") == "chunked"
+    assert resolve_backend("parallel", "cpu") == "parallel" and resolve_backend("chunked", "cpu") == "chunked"
+    if not HAS_MAMBA_SSM:
+        assert resolve_backend("auto", "cuda") == "chunked"
 
 
 @pytest.mark.skipif(HAS_MAMBA_SSM, reason="mamba_ssm is installed here")
@@ -181,5 +292,5 @@ def test_config_builds_and_backend_is_recorded():
         layer = build_layer("mamba", d_model=16, l_max=32, **hp)
         assert layer.kernel_backend == "unresolved"
         layer(torch.randn(1, 32, 16))
-        assert layer.kernel_backend == "ref"  # CPU tensors: the plain-torch parallel scan
+        assert layer.kernel_backend == "chunked"  # CPU tensors: the plain-torch chunked scan
     assert layer.bidirectional is False and cfg["hparams"]["bidirectional"] is True

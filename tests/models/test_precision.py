@@ -103,7 +103,7 @@ FULL_PRECISION = {
     "s4d": [(s4_kernel, "vandermonde"), (_FFTConv, "forward")],
     "s5": [(scan_mod._Scan, "forward")],
     "lru": [(scan_mod._Scan, "forward")],
-    "mamba": [(scan_mod._Scan, "forward")],
+    "mamba": [(scan_mod._SelectiveScanChunked, "forward")],
     "lstm": [(torch.nn.LSTM, "forward")],
     "gru": [(torch.nn.GRU, "forward")],
     "performer": [(efficient_attention, "favor_features"), (efficient_attention, "linear_attention")],

@@ -140,9 +140,25 @@ def test_layer_equals_paper_recurrence(name, kw):
 def test_step_mode_equals_forward(name, kw):
     torch.manual_seed(0)
     layer = build_layer(name, d_model=8, l_max=64, **kw).eval()
-    x = torch.randn(2, 50, 8)
-    # float32 parallel scan vs float32 loop: a few ulps of |y| ~ 1
-    torch.testing.assert_close(stepped(layer, x), layer(x), atol=1e-5, rtol=1e-5)
+    x = torch.randn(3, 50, 8)
+    with torch.inference_mode():
+        # float32 parallel scan vs float32 loop: a few ulps of |y| ~ 1
+        torch.testing.assert_close(stepped(layer, x), layer(x), atol=1e-5, rtol=1e-5)
+        layer.double()
+        # float64 (complex128 state): the same recurrence associated differently, over 50 steps
+        torch.testing.assert_close(stepped(layer, x.double()), layer(x.double()), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["s5", "lru"])
+def test_step_under_autocast_keeps_a_complex64_state(name):
+    torch.manual_seed(0)
+    layer = build_layer(name, d_model=8, l_max=16, d_state=8, **({"blocks": 2} if name == "s5" else {})).eval()
+    x = torch.randn(2, 10, 8)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        state = layer.default_state(2)
+        for t in range(10):
+            y, state = layer.step(x[:, t].bfloat16(), state)
+    assert state.dtype == torch.complex64 and torch.isfinite(y).all()
 
 
 @pytest.mark.parametrize("name", ["s5", "lru"])
