@@ -181,10 +181,10 @@ class S5Layer(nn.Module):
                 y = y + real_out(scan(abar, bu, reverse=True), 2 * c[1])
             return y + self.D * x
 
-    def _act(self, y: torch.Tensor) -> torch.Tensor:
+    def _act(self, y: torch.Tensor, stepping: bool = False) -> torch.Tensor:
         """S5's activations (code ``layers.py``) over the last dim; the backbone adds the residual and its dropout."""
         z = F.gelu(y, approximate=self.gelu_approximate)
-        z = self.drop(z) if self.training else z        # (eval: skip the module call, a step's overhead)
+        z = z if stepping and not self.training else self.drop(z)  # (a step in eval skips the module call's overhead)
         if self.activation == "gelu":
             return z
         if self.activation == "full_glu":
@@ -213,7 +213,7 @@ class S5Layer(nn.Module):
         if self._step_mats is None:
             raise RuntimeError("call default_state(batch_size) before step()")
         y, state = diagonal_step(x_t, state, *self._step_mats, self.D)
-        return self._act(y), state
+        return self._act(y, stepping=True), state
 
 
 @register_layer("s5")
