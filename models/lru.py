@@ -90,9 +90,10 @@ class LRULayer(nn.Module):
                 y = y + real_out(scan(lam[d], complex_in(x, b[d]), reverse=d == 1), c[d])  # (B, L, N) -> (B, L, H)
             return y
 
-    def _act(self, y: torch.Tensor) -> torch.Tensor:
+    def _act(self, y: torch.Tensor, stepping: bool = False) -> torch.Tensor:
         z = F.gelu(y)
-        return F.glu(self.out(self.drop(z) if self.training else z), dim=-1)  # eval: no module call (step's cost)
+        z = z if stepping and not self.training else self.drop(z)  # (a step in eval skips the module call's overhead)
+        return F.glu(self.out(z), dim=-1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, H) -> (B, L, H); padded positions (mask False) are zeroed first, so nothing leaks from them."""
@@ -114,7 +115,7 @@ class LRULayer(nn.Module):
         if self._step_mats is None:
             raise RuntimeError("call default_state(batch_size) before step()")
         y, state = diagonal_step(x_t, state, *self._step_mats, self.D)
-        return self._act(y), state
+        return self._act(y, stepping=True), state
 
 
 @register_layer("lru")
