@@ -179,8 +179,9 @@ def plot_per_token(df: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel("position: tokens already in the context (log scale)")
         ax.set_title(f"batch {batch}")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("time per generated token (us, log scale)")
-    axes[-1].legend(fontsize=8)
+    axes[0].set_ylabel("time per generated token (µs, log scale)")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)  # outside the data
     fig.suptitle(f"Generation: per-token cost vs position on {df.device_name.iloc[0]}\n"
                  f"{df.n_layers.iloc[0]} layer(s), width {df.d_model.iloc[0]}", fontsize=10)
     return save_figure(fig, path)

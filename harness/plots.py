@@ -89,8 +89,8 @@ def efficiency_table(eff: pd.DataFrame) -> pd.DataFrame:
 
 def model_styles(models) -> dict[str, dict]:
     """Colour, marker and line style of each model: the same in every figure (MODEL_ORDER fixes them)."""
-    colours = colormaps["tab10"].colors
-    return {m: {"color": colours[i % 10], "marker": _MARKERS[i % len(_MARKERS)],
+    colours = (*colormaps["tab10"].colors, "black", "navy")   # 12 distinct: one per registered layer
+    return {m: {"color": colours[i % len(colours)], "marker": _MARKERS[i % len(_MARKERS)],
                 "linestyle": "-" if i < 10 else "--"} for m, i in _model_rank(models).items()}
 
 

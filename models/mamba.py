@@ -38,7 +38,6 @@ inputs here too.
 """
 from __future__ import annotations
 
-import logging
 import math
 from functools import lru_cache
 
@@ -46,11 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backends import Backends
 from models.precision import at_least_float32, autocast_off
 from models.registry import register_layer
 from models.scan import selective_scan_chunked, selective_scan_parallel, selective_scan_ref  # noqa: F401
 
-log = logging.getLogger(__name__)
 BACKENDS = ("auto", "chunked", "parallel", "mamba_ssm")
 INSTALL_HINT = "pip install mamba-ssm (builds CUDA kernels; needs a CUDA GPU and toolkit)"
 DT_INIT_FLOOR = 1e-4  # the Mamba code's floor on the initial timescale
@@ -81,25 +80,16 @@ def mamba_ssm_status() -> str:
     return ""
 
 
-@lru_cache(maxsize=None)
-def _auto(device_type: str) -> str:
-    reason = mamba_ssm_status() if device_type == "cuda" else "runs CUDA tensors only"
-    choice = "chunked" if reason else "mamba_ssm"
-    log.info("Mamba selective scan on %s: using %s%s", device_type, choice, f" (mamba_ssm: {reason})" if reason else "")
-    return choice
+_BACKENDS = Backends("Mamba selective-scan", {
+    "chunked": lambda _: "", "parallel": lambda _: "",
+    "mamba_ssm": lambda device_type: mamba_ssm_status() or (
+        "" if device_type == "cuda" else f"it runs CUDA tensors only, not {device_type}")},
+    order={"cuda": ("mamba_ssm", "chunked"), "cpu": ("chunked",)}, install={"mamba_ssm": INSTALL_HINT})
 
 
 def resolve_backend(requested: str, device: torch.device | str) -> str:
     """The selective-scan backend for tensors on ``device``; an explicit request that cannot run raises."""
-    device_type = torch.device(device).type
-    if requested == "auto":
-        return _auto(device_type)
-    if requested == "mamba_ssm":
-        reason = mamba_ssm_status() or (
-            "" if device_type == "cuda" else f"it runs CUDA tensors only, not {device_type}")
-        if reason:
-            raise RuntimeError(f"selective-scan backend 'mamba_ssm' is unavailable: {reason}. Install: {INSTALL_HINT}")
-    return requested
+    return _BACKENDS.resolve(requested, device)
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

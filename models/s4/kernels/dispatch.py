@@ -12,17 +12,16 @@ the complex64 / complex128 (and float32 / float64 nodes) it is given.
 """
 from __future__ import annotations
 
-import logging
 import os
 from functools import lru_cache
 from typing import Callable
 
 import torch
 
+from models.backends import Backends
 from models.precision import autocast_off
 from models.s4.kernels.reference import cauchy_conj_ref, cauchy_ref, vandermonde_blocked
 
-log = logging.getLogger(__name__)
 BACKENDS = ("ref", "keops", "triton")
 INSTALL_HINT = {
     "keops": "pip install pykeops (needs a C++ compiler; and the CUDA toolkit for GPU tensors)",
@@ -54,38 +53,14 @@ def triton_status(device_type: str) -> str:
     return ""
 
 
-def _status(backend: str, device_type: str) -> str:
-    if backend == "ref":
-        return ""
-    if backend == "keops":
-        return keops_status()
-    if backend == "triton":
-        return triton_status(device_type)
-    raise ValueError(f"unknown kernel backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
-
-
-@lru_cache(maxsize=None)
-def _auto(device_type: str) -> str:
-    order = ("triton", "keops", "ref") if device_type == "cuda" else ("ref",)
-    for backend in order:
-        reason = _status(backend, device_type)
-        if not reason:
-            log.info("S4 kernels on %s: using the %s backend", device_type, backend)
-            return backend
-        log.info("S4 kernels on %s: %s backend unavailable (%s)", device_type, backend, reason)
-    return "ref"
+_BACKENDS = Backends("S4 kernel", {"ref": lambda _: "", "keops": lambda _: keops_status(),
+                                    "triton": lambda device_type: triton_status(device_type)},
+                     order={"cuda": ("triton", "keops", "ref"), "cpu": ("ref",)}, install=INSTALL_HINT)
 
 
 def resolve_backend(requested: str, device: torch.device | str) -> str:
     """The backend that will run for tensors on ``device``; raises if an explicit request cannot run."""
-    device_type = torch.device(device).type
-    if requested == "auto":
-        return _auto(device_type)
-    reason = _status(requested, device_type)
-    if reason:
-        raise RuntimeError(f"kernel backend {requested!r} is unavailable on {device_type}: {reason}. "
-                           f"Install: {INSTALL_HINT.get(requested, '')}")
-    return requested
+    return _BACKENDS.resolve(requested, device)
 
 
 def _impl(op: str, backend: str) -> Callable:
