@@ -5,7 +5,7 @@ import torch
 
 import models  # noqa: F401  (registers the layers)
 from models.registry import build_layer
-from steps import stepped  # tests/models/steps.py (its folder is on sys.path under pytest)
+from steps import assert_steps_equal_forward, stepped  # tests/models/steps.py (its folder is on sys.path under pytest)
 
 CASES = [(kind, k) for kind in ("lstm", "gru") for k in (1, 2)]
 
@@ -14,13 +14,9 @@ CASES = [(kind, k) for kind in ("lstm", "gru") for k in (1, 2)]
 def test_step_mode_equals_forward(kind, n_rnn_layers):
     torch.manual_seed(0)
     layer = build_layer(kind, d_model=16, l_max=64, bidirectional=False, n_rnn_layers=n_rnn_layers).eval()
-    x = torch.randn(3, 40, 16)
-    with torch.inference_mode():
-        # float32: the cell op vs the sequence kernel (oneDNN for the LSTM), |h| < 1: a few ulps
-        torch.testing.assert_close(stepped(layer, x), layer(x), atol=1e-6, rtol=1e-5)
-        layer.double()
-        # float64: the same arithmetic up to the order of the gate sums
-        torch.testing.assert_close(stepped(layer, x.double()), layer(x.double()), atol=1e-13, rtol=1e-12)
+    # float32: the cell op vs the sequence kernel (oneDNN for the LSTM), |h| < 1: a few ulps;
+    # float64: the same arithmetic up to the order of the gate sums
+    assert_steps_equal_forward(layer, torch.randn(3, 40, 16), f32=(1e-6, 1e-5), f64=(1e-13, 1e-12))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])

@@ -11,7 +11,7 @@ import models.s5  # noqa: F401  (registers s5)
 from models.registry import build_layer
 from models.s5 import hippo_n, hippo_n_diag
 from models.scan import scan, scan_sequential
-from steps import stepped  # tests/models/steps.py (its folder is on sys.path under pytest)
+from steps import assert_steps_equal_forward  # tests/models/steps.py (its folder is on sys.path under pytest)
 
 # float64 reassociation: the scan and the loop add the same terms in a different order; errors ~ L eps |h|
 SCAN_RTOL = 1e-12
@@ -140,13 +140,9 @@ def test_layer_equals_paper_recurrence(name, kw):
 def test_step_mode_equals_forward(name, kw):
     torch.manual_seed(0)
     layer = build_layer(name, d_model=8, l_max=64, **kw).eval()
-    x = torch.randn(3, 50, 8)
-    with torch.inference_mode():
-        # float32 parallel scan vs float32 loop: a few ulps of |y| ~ 1
-        torch.testing.assert_close(stepped(layer, x), layer(x), atol=1e-5, rtol=1e-5)
-        layer.double()
-        # float64 (complex128 state): the same recurrence associated differently, over 50 steps
-        torch.testing.assert_close(stepped(layer, x.double()), layer(x.double()), atol=1e-12, rtol=1e-12)
+    # float32 parallel scan vs float32 loop: a few ulps of |y| ~ 1;
+    # float64 (complex128 state): the same recurrence associated differently, over 50 steps
+    assert_steps_equal_forward(layer, torch.randn(3, 50, 8), f32=(1e-5, 1e-5), f64=(1e-12, 1e-12))
 
 
 @pytest.mark.parametrize("name", ["s5", "lru"])
